@@ -58,7 +58,10 @@ def build_manifest(ckpt: checkpoint.Checkpoint, name: str, opset: int, run_dir: 
 
 
 def export_run(
-    run_dir: Path, repository_dir: Path, name: str, opset: int = artifacts.DEFAULT_OPSET,
+    run_dir: Path,
+    repository_dir: Path,
+    name: str,
+    opset: int = artifacts.DEFAULT_OPSET,
     tolerance: float = parity.DEFAULT_TOLERANCE,
 ) -> tuple[int, Path]:
     ckpt = checkpoint.load(run_dir / checkpoint.CHECKPOINT_FILE)

@@ -25,7 +25,9 @@ TMP_PREFIX = ".tmp-"
 
 def check_name(name: str) -> str:
     if not NAME_PATTERN.match(name):
-        raise ValueError(f"model name {name!r}: use 1-64 letters, digits, '_', '.', '-', starting with a letter or digit")
+        raise ValueError(
+            f"model name {name!r}: use 1-64 letters, digits, '_', '.', '-', starting with a letter or digit"
+        )
     return name
 
 

@@ -135,7 +135,9 @@ def load_csv(path: Path, columns: Columns = CSV_COLUMNS) -> LabelledData:
     try:
         frame = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DataError(path, "file", f"not a readable CSV ({exc})", "write a header row and comma-separated rows")
+        raise DataError(
+            path, "file", f"not a readable CSV ({exc})", "write a header row and comma-separated rows"
+        ) from exc
     table = {str(name): frame[name].to_numpy() for name in frame.columns}
     return _from_table(path, table, columns, positional=False)
 
@@ -149,7 +151,9 @@ def load_npz(path: Path) -> LabelledData:
         raise DataError(path, "file", f"cannot be read without pickle ({exc})", "save arrays with np.savez") from exc
     missing = [key for key in ("features", "labels") if key not in archive.files]
     if missing:
-        raise DataError(path, f"arrays {missing}", f"missing; the file holds {archive.files}", "save `features` and `labels`")
+        raise DataError(
+            path, f"arrays {missing}", f"missing; the file holds {archive.files}", "save `features` and `labels`"
+        )
     features, labels = archive["features"], archive["labels"]
     if features.ndim == 2:
         features, labels = features[None], labels[None]
@@ -255,7 +259,9 @@ def _label_strings(path: Path, labels: np.ndarray, where: str, row_offset: int =
     if labels.dtype.kind in "fc":
         if not np.isfinite(labels).all():
             row = int(np.flatnonzero(~np.isfinite(labels))[0])
-            raise DataError(path, f"{where}, row {row + row_offset}", "label is missing or not finite", "label every row")
+            raise DataError(
+                path, f"{where}, row {row + row_offset}", "label is missing or not finite", "label every row"
+            )
         fractional = np.flatnonzero(labels != np.round(labels))
         if fractional.size:
             row = int(fractional[0])
@@ -314,9 +320,7 @@ class Split:
     test: list[Recording]
 
 
-def split_blocks(
-    data: LabelledData, block: int, val_fraction: float, test_fraction: float, seed: int
-) -> Split:
+def split_blocks(data: LabelledData, block: int, val_fraction: float, test_fraction: float, seed: int) -> Split:
     """Cut recordings into contiguous blocks of at most `block` steps and deal them out to the splits."""
     units = [
         Recording(r.features[s : s + block], r.labels[s : s + block])

@@ -17,7 +17,7 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: 
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
-        "support": int(len(y_true)),
+        "support": len(y_true),
         "per_class": classification_report(
             y_true, y_pred, labels=labels, target_names=class_names, output_dict=True, zero_division=0
         ),

@@ -105,9 +105,7 @@ class SequenceClassifier(nn.Module):
         logits, _ = self.forward_with_state(features, lengths, None)
         return logits
 
-    def forward_with_state(
-        self, features: Tensor, lengths: Tensor, state: State | None
-    ) -> tuple[Tensor, State]:
+    def forward_with_state(self, features: Tensor, lengths: Tensor, state: State | None) -> tuple[Tensor, State]:
         """As `forward`, from an initial state (zeros when None), also returning each sequence's state at its
         true last step: what a client needs to stream the next chunk of a long sequence."""
         x = (features - self.feature_mean) / self.feature_std

@@ -88,7 +88,9 @@ class RunConfig:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m models.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="python -m models.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         argument_default=argparse.SUPPRESS,
     )
     p.add_argument("--config", type=Path, help="TOML file of settings; flags override it")
@@ -149,13 +151,23 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     split = data.split_blocks(dataset, cfg.split_block, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     log.info(
         "%s: %d recordings, %d features, classes %s; split blocks train/val/test %d/%d/%d",
-        cfg.data, len(dataset.recordings), len(dataset.feature_names), dataset.class_names,
-        len(split.train), len(split.val), len(split.test),
+        cfg.data,
+        len(dataset.recordings),
+        len(dataset.feature_names),
+        dataset.class_names,
+        len(split.train),
+        len(split.val),
+        len(split.test),
     )
     loaders = _loaders(cfg, dataset, split)
     model_config = ModelConfig(
-        input_dim=len(dataset.feature_names), num_classes=len(dataset.class_names), cell=cfg.cell,
-        hidden_size=cfg.hidden, num_layers=cfg.layers, bidirectional=cfg.bidirectional, dropout=cfg.dropout,
+        input_dim=len(dataset.feature_names),
+        num_classes=len(dataset.class_names),
+        cell=cfg.cell,
+        hidden_size=cfg.hidden,
+        num_layers=cfg.layers,
+        bidirectional=cfg.bidirectional,
+        dropout=cfg.dropout,
         head=cfg.head,
     )
     model = SequenceClassifier(model_config)
@@ -163,16 +175,27 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     model.to(device)
     log.info("model %s: %d parameters, device %s", model_config, model.parameter_count(), device)
     train_config = trainer.TrainConfig(
-        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
-        lr_step=cfg.lr_step, lr_gamma=cfg.lr_gamma, grad_clip=cfg.grad_clip, patience=cfg.patience, seed=cfg.seed,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        lr_step=cfg.lr_step,
+        lr_gamma=cfg.lr_gamma,
+        grad_clip=cfg.grad_clip,
+        patience=cfg.patience,
+        seed=cfg.seed,
         progress=cfg.progress,
     )
     history = trainer.fit(model, loaders["train"], loaders["val"], train_config)
     test = trainer.evaluate(model, loaders["test"], device)
     metrics = evaluate.classification_metrics(test.y_true, test.y_pred, dataset.class_names)
     metrics.update(
-        split="test", unit="timestep" if cfg.head == "per_timestep" else "sequence", test_loss=test.loss,
-        parameter_count=model.parameter_count(), best_epoch=history.best_epoch, epochs_run=len(history.train_loss),
+        split="test",
+        unit="timestep" if cfg.head == "per_timestep" else "sequence",
+        test_loss=test.loss,
+        parameter_count=model.parameter_count(),
+        best_epoch=history.best_epoch,
+        epochs_run=len(history.train_loss),
     )
     _write_run(out, cfg, model, dataset, history, metrics)
     log.info("test accuracy %.4f, macro-F1 %.4f -> %s", metrics["accuracy"], metrics["macro_f1"], out)
@@ -196,13 +219,20 @@ def _loaders(cfg: RunConfig, dataset: data.LabelledData, split: data.Split) -> d
 
 
 def _write_run(
-    out: Path, cfg: RunConfig, model: SequenceClassifier, dataset: data.LabelledData,
-    history: trainer.History, metrics: dict[str, Any],
+    out: Path,
+    cfg: RunConfig,
+    model: SequenceClassifier,
+    dataset: data.LabelledData,
+    history: trainer.History,
+    metrics: dict[str, Any],
 ) -> None:
     checkpoint.save(
         out / checkpoint.CHECKPOINT_FILE,
         checkpoint.Checkpoint(
-            model, dataset.feature_names, dataset.class_names, cfg.seq_len,
+            model,
+            dataset.feature_names,
+            dataset.class_names,
+            cfg.seq_len,
             extra={"data": str(cfg.data), "seed": cfg.seed, "stride": cfg.stride},
         ),
     )

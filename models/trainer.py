@@ -106,9 +106,7 @@ def evaluate(model: SequenceClassifier, loader: DataLoader, device: torch.device
     return Evaluation(total_loss / max(count, 1), float((y_true == y_pred).mean()), y_true, y_pred)
 
 
-def fit(
-    model: SequenceClassifier, train_loader: DataLoader, val_loader: DataLoader, config: TrainConfig
-) -> History:
+def fit(model: SequenceClassifier, train_loader: DataLoader, val_loader: DataLoader, config: TrainConfig) -> History:
     """Train in place; on return the model holds the weights of the epoch with the lowest validation loss."""
     device = next(model.parameters()).device
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
