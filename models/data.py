@@ -143,16 +143,23 @@ def load_csv(path: Path, columns: Columns = CSV_COLUMNS) -> LabelledData:
 
 
 def load_npz(path: Path) -> LabelledData:
-    """`features`: [T, F] (one stream), [N, T, F] (with optional `lengths` [N]) or an object array of [T_i, F];
-    `labels`: per timestep ([T], [N, T] or objects) or per recording ([N]); optional `feature_names`."""
+    """`features`: [T, F] (one stream) or [N, T, F] (with optional `lengths` [N]: ragged sequences padded);
+    `labels`: per timestep ([T], [N, T]) or per recording ([N]); optional `feature_names`. No object arrays."""
     try:
-        archive = np.load(path, allow_pickle=False)
+        # np.load is lazy: an object array fails only when read, so read every array inside the try.
+        with np.load(path, allow_pickle=False) as npz:
+            archive = dict(npz)
     except ValueError as exc:
-        raise DataError(path, "file", f"cannot be read without pickle ({exc})", "save arrays with np.savez") from exc
-    missing = [key for key in ("features", "labels") if key not in archive.files]
+        raise DataError(
+            path,
+            "file",
+            f"cannot be read without pickle ({exc})",
+            "save plain arrays with np.savez; pad ragged sequences to [N, T, F] and add `lengths` [N]",
+        ) from exc
+    missing = [key for key in ("features", "labels") if key not in archive]
     if missing:
         raise DataError(
-            path, f"arrays {missing}", f"missing; the file holds {archive.files}", "save `features` and `labels`"
+            path, f"arrays {missing}", f"missing; the file holds {sorted(archive)}", "save `features` and `labels`"
         )
     features, labels = archive["features"], archive["labels"]
     if features.ndim == 2:
@@ -160,12 +167,12 @@ def load_npz(path: Path) -> LabelledData:
     if features.ndim != 3:
         raise DataError(path, "features", f"has shape {features.shape}", "use [T, F] or [N, T, F]")
     n, t, f = features.shape
-    lengths = archive["lengths"] if "lengths" in archive.files else np.full(n, t)
+    lengths = archive["lengths"] if "lengths" in archive else np.full(n, t)
     if labels.shape == (n,):
         labels = np.repeat(labels[:, None], t, axis=1)
     if labels.shape != (n, t):
         raise DataError(path, "labels", f"has shape {labels.shape}, features {features.shape}", "use [N, T] or [N]")
-    names = [str(x) for x in archive["feature_names"]] if "feature_names" in archive.files else _default_names(f)
+    names = [str(x) for x in archive["feature_names"]] if "feature_names" in archive else _default_names(f)
     if len(names) != f:
         raise DataError(path, "feature_names", f"names {len(names)} features, the data has {f}", "name each one")
     recordings = []
