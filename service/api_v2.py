@@ -1,0 +1,109 @@
+"""KServe Open Inference Protocol (V2) over REST, as the stock `tritonclient.http` client speaks it: JSON tensors
+(flat or nested `data`) and the binary tensor data extension. Also Triton's `/config`, so `perf_analyzer` can
+drive us."""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import Any
+
+from flask import Blueprint, Response, request
+
+from service import codecs
+from service.dataplane import ModelVersion, State
+from service.http import dataplane, json_response, model_versions, read_body, resolve_model
+
+bp = Blueprint("v2", __name__, url_prefix="/v2")
+EXTENSIONS = ["binary_tensor_data", "model_configuration"]
+_TRITON_TYPES = {"FP32": "TYPE_FP32", "INT64": "TYPE_INT64"}
+
+
+@bp.get("")
+def server_metadata() -> Response:
+    return json_response({"name": "seqserve", "version": metadata.version("seqserve"), "extensions": EXTENSIONS})
+
+
+@bp.get("/health/live")
+def live() -> Response:
+    return json_response({"live": True})
+
+
+@bp.get("/health/ready")
+def ready() -> Response:
+    is_ready, _ = dataplane().readiness()
+    return json_response({"ready": is_ready}, 200 if is_ready else 503)
+
+
+def _metadata(model: ModelVersion) -> dict[str, Any]:
+    assert model.manifest is not None
+    m = model.manifest
+    return {
+        "name": m.name,
+        "versions": [str(v.version) for v in dataplane().versions(m.name) if v.state is State.READY],
+        "platform": "onnxruntime_onnx",
+        "inputs": [{"name": t.name, "datatype": t.datatype, "shape": t.v2_shape()} for t in m.inputs],
+        "outputs": [{"name": t.name, "datatype": t.datatype, "shape": t.v2_shape()} for t in m.outputs],
+        "parameters": {
+            "classes": list(m.class_names),
+            "feature_names": list(m.feature_names),
+            "head": m.head,
+            "provider": model.provider,
+            "optional_inputs": [t.name for t in m.inputs[1:]],
+        },
+    }
+
+
+@bp.get("/models/<name>")
+@bp.get("/models/<name>/versions/<version>")
+def model_metadata(name: str, version: str | None = None) -> Response:
+    return json_response(_metadata(resolve_model(name, version)))
+
+
+@bp.get("/models/<name>/ready")
+@bp.get("/models/<name>/versions/<version>/ready")
+def model_ready(name: str, version: str | None = None) -> Response:
+    versions = model_versions(name)
+    if version is not None:
+        versions = [v for v in versions if str(v.version) == version]
+        if not versions:
+            resolve_model(name, version)  # raises the 400 / 404 that explains why
+    is_ready = any(v.state is State.READY for v in versions)
+    return json_response({"name": name, "ready": is_ready}, 200 if is_ready else 503)
+
+
+@bp.get("/models/<name>/config")
+@bp.get("/models/<name>/versions/<version>/config")
+def model_config(name: str, version: str | None = None) -> Response:
+    """Triton's model configuration: batch is an explicit dynamic dimension (max_batch_size 0)."""
+    m = resolve_model(name, version).manifest
+    assert m is not None
+
+    def tensor(t: Any, optional: bool) -> dict[str, Any]:
+        entry = {"name": t.name, "data_type": _TRITON_TYPES[t.datatype], "dims": t.v2_shape()}
+        return {**entry, "optional": True} if optional else entry
+
+    return json_response(
+        {
+            "name": m.name,
+            "platform": "onnxruntime_onnx",
+            "backend": "onnxruntime",
+            "max_batch_size": 0,
+            "input": [tensor(t, t.name != "features") for t in m.inputs],
+            "output": [tensor(t, False) for t in m.outputs],
+            "version_policy": {"all": {}},
+        }
+    )
+
+
+@bp.post("/models/<name>/infer")
+@bp.post("/models/<name>/versions/<version>/infer")
+def infer(name: str, version: str | None = None) -> Response:
+    model = resolve_model(name, version)
+    assert model.manifest is not None
+    plane = dataplane()
+    parsed = codecs.v2_request(
+        read_body(), request.headers.get("Inference-Header-Content-Length"), model.manifest, plane.settings
+    )
+    outputs = plane.infer(model, parsed.inputs)
+    body, headers = codecs.v2_response(model.manifest, parsed, outputs)
+    return Response(body, status=200, headers=headers)

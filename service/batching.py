@@ -1,0 +1,208 @@
+"""Adaptive batching across requests, per model version and worker (Triton's dynamic batcher, MLServer's adaptive
+batching), with variable-length sequences merged into one padded run.
+
+No fixed window when idle: a request that finds the model free runs at once. Requests that arrive while it is
+busy queue up and are merged into the next run: the oldest request picks a length bucket (powers of two of its
+longest sequence), and queued requests of the same bucket join it up to `max_sequences` sequences and `max_cells`
+padded timesteps. A request is never split. With `max_queue_delay` > 0 a run that is not full waits that long, from
+its oldest request's arrival, for company. The queue is bounded: when full, `submit` raises `Overloaded` at once.
+
+Merging pads features along time and concatenates every tensor along its batch axis; the outputs are cut back per
+request (batch rows, and time up to that request's own longest sequence), so a request gets exactly the arrays an
+unbatched run of it would give.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.errors import NotReady, Overloaded, Timeout
+from service.repository import Manifest
+
+log = logging.getLogger(__name__)
+Arrays = dict[str, np.ndarray]
+
+
+@dataclass
+class BatchObserver:
+    """Where the batcher reports what it did (the dataplane wires these to Prometheus)."""
+
+    queue_seconds: Callable[[float], None] = lambda s: None
+    compute_seconds: Callable[[float], None] = lambda s: None
+    batch_sequences: Callable[[int], None] = lambda n: None
+    rejected: Callable[[], None] = lambda: None
+
+
+@dataclass
+class _Work:
+    inputs: Arrays
+    sequences: int
+    steps: int
+    bucket: tuple[int, frozenset[str]]  # only requests with the same length bucket and input names merge
+    enqueued: float = field(default_factory=time.perf_counter)
+    done: threading.Event = field(default_factory=threading.Event)
+    outputs: Arrays | None = None
+    error: BaseException | None = None
+    cancelled: bool = False
+
+
+def bucket_of(steps: int) -> int:
+    return max(0, int(steps - 1).bit_length())
+
+
+class AdaptiveBatcher:
+    def __init__(
+        self,
+        run: Callable[[Arrays], Arrays],
+        manifest: Manifest,
+        *,
+        max_sequences: int,
+        max_cells: int,
+        max_queue: int,
+        max_queue_delay: float = 0.0,
+        timeout: float = 30.0,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self._run = run
+        self._inputs = {t.name: t for t in manifest.inputs}
+        self._outputs = {t.name: t for t in manifest.outputs}
+        self.max_sequences, self.max_cells, self.max_queue = max_sequences, max_cells, max_queue
+        self.max_queue_delay, self.timeout = max_queue_delay, timeout
+        self.observer = observer or BatchObserver()
+        self._queue: deque[_Work] = deque()
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._thread = threading.Thread(
+            target=self._loop, name=f"batcher-{manifest.name}-{manifest.version}", daemon=True
+        )
+        self._thread.start()
+
+    def submit(self, inputs: Arrays) -> Arrays:
+        features = inputs["features"]
+        bucket = (bucket_of(features.shape[1]), frozenset(inputs))
+        work = _Work(inputs, features.shape[0], features.shape[1], bucket)
+        with self._cond:
+            if self._stopped:
+                raise NotReady("model version is being unloaded")
+            if len(self._queue) >= self.max_queue:
+                self.observer.rejected()
+                raise Overloaded(f"model queue is full ({self.max_queue} requests waiting); retry shortly")
+            self._queue.append(work)
+            self._cond.notify()
+        if not work.done.wait(self.timeout):
+            work.cancelled = True
+            raise Timeout(f"inference did not finish within {self.timeout:g} s")
+        if work.error is not None:
+            raise work.error
+        assert work.outputs is not None
+        return work.outputs
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        self._thread.join(timeout=5)
+
+    # ---------------------------------------------------------------------------------------------- loop
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopped:
+                    self._cond.wait()
+                if self._stopped and not self._queue:
+                    return
+                group = self._take()
+            if group:
+                self._execute(group)
+
+    def _take(self) -> list[_Work]:
+        """The oldest request and the queued requests of its length bucket that fit (lock held)."""
+        head = self._queue[0]
+        if self.max_queue_delay > 0:
+            deadline = head.enqueued + self.max_queue_delay
+            while not self._full(head) and (wait := deadline - time.perf_counter()) > 0 and not self._stopped:
+                self._cond.wait(wait)
+        group, sequences, longest = [], 0, 0
+        for work in list(self._queue):
+            if work.cancelled:
+                self._queue.remove(work)
+                continue
+            if work.bucket != head.bucket and group:
+                continue
+            new_longest = max(longest, work.steps)
+            if group and (
+                sequences + work.sequences > self.max_sequences
+                or (sequences + work.sequences) * new_longest > self.max_cells
+            ):
+                continue
+            group.append(work)
+            sequences, longest = sequences + work.sequences, new_longest
+            self._queue.remove(work)
+        return group
+
+    def _full(self, head: _Work) -> bool:
+        same = [w for w in self._queue if w.bucket == head.bucket]
+        return sum(w.sequences for w in same) >= self.max_sequences
+
+    def _execute(self, group: list[_Work]) -> None:
+        started = time.perf_counter()
+        for work in group:
+            self.observer.queue_seconds(started - work.enqueued)
+        try:
+            merged = group[0].inputs if len(group) == 1 else self._merge(group)
+            outputs = self._run(merged)
+            self.observer.compute_seconds(time.perf_counter() - started)
+            self.observer.batch_sequences(sum(w.sequences for w in group))
+            if len(group) == 1:
+                group[0].outputs = outputs
+            else:
+                self._split(group, outputs)
+        except BaseException as exc:  # every waiter must hear about it; the loop goes on
+            log.exception("batched inference failed")
+            for work in group:
+                work.error = exc
+        for work in group:
+            work.done.set()
+
+    def _merge(self, group: list[_Work]) -> Arrays:
+        merged: Arrays = {}
+        longest = max(w.steps for w in group)
+        for name in group[0].inputs:
+            spec = self._inputs[name]
+            parts = [w.inputs[name] for w in group]
+            if spec.time_axis is not None:
+                parts = [_pad_time(p, spec.time_axis, longest) for p in parts]
+            merged[name] = np.concatenate(parts, axis=spec.batch_axis)
+        return merged
+
+    def _split(self, group: list[_Work], outputs: Arrays) -> None:
+        start = 0
+        for work in group:
+            rows = slice(start, start + work.sequences)
+            start += work.sequences
+            own: Arrays = {}
+            for name, array in outputs.items():
+                spec = self._outputs[name]
+                index: list[slice] = [slice(None)] * array.ndim
+                index[spec.batch_axis] = rows
+                if spec.time_axis is not None:
+                    index[spec.time_axis] = slice(0, work.steps)
+                own[name] = array[tuple(index)]
+            work.outputs = own
+
+
+def _pad_time(array: np.ndarray, axis: int, length: int) -> np.ndarray:
+    missing = length - array.shape[axis]
+    if missing == 0:
+        return array
+    widths = [(0, 0)] * array.ndim
+    widths[axis] = (0, missing)
+    return np.pad(array, widths)

@@ -1,0 +1,108 @@
+"""An onnxruntime session for one model version. Knows arrays and providers; knows nothing of HTTP.
+
+onnxruntime falls back from CUDA to CPU silently (a log line at most, also with `onnxruntime-gpu` on a machine
+without CUDA), so the provider actually active is read back from the session and reported, never assumed.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from service.repository import Manifest
+
+log = logging.getLogger(__name__)
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def requested_providers(preference: str) -> list[str]:
+    if preference == "cpu":
+        return [CPU]
+    if preference == "cuda" or CUDA in ort.get_available_providers():
+        return [CUDA, CPU]
+    return [CPU]
+
+
+def install_problems(distributions: dict[str, str | None] | None = None) -> list[str]:
+    """`onnxruntime` and `onnxruntime-gpu` both install the module `onnxruntime`; with both present the later
+    install silently overwrote the other and `pip check` does not notice. `distributions` maps distribution name
+    to installed version (None: absent) and defaults to what is installed."""
+    if distributions is None:
+        distributions = {name: _installed(name) for name in ("onnxruntime", "onnxruntime-gpu")}
+    present = {name: version for name, version in distributions.items() if version}
+    if len(present) > 1:
+        listed = ", ".join(f"{n}=={v}" for n, v in sorted(present.items()))
+        return [
+            f"both {listed} are installed: they share the module `onnxruntime` and one silently overwrote the "
+            "other; `pip uninstall -y onnxruntime onnxruntime-gpu`, then install one of them"
+        ]
+    if not present:
+        return ["neither onnxruntime nor onnxruntime-gpu is installed as a distribution"]
+    (name, version), module_version = next(iter(present.items())), ort.__version__
+    if version.split("+")[0] != module_version.split("+")[0]:
+        return [f"{name}=={version} is installed but the module reports {module_version}: reinstall {name}"]
+    return []
+
+
+def _installed(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+class ModelRuntime:
+    """One `InferenceSession` with explicit thread counts; `run` is safe to call from several threads."""
+
+    def __init__(self, path: Path, manifest: Manifest, preference: str, intra_op_threads: int) -> None:
+        self.manifest = manifest
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.requested = requested_providers(preference)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            self.session = ort.InferenceSession(str(path / manifest.onnx_file), options, providers=self.requested)
+        for w in caught:
+            log.warning("onnxruntime: %s", w.message)
+        self.provider = self.session.get_providers()[0]
+        self.fell_back = self.requested[0] != self.provider
+        if self.fell_back:
+            log.warning(
+                "%s/%d: asked for %s, onnxruntime runs it on %s",
+                manifest.name,
+                manifest.version,
+                self.requested[0],
+                self.provider,
+            )
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        graph_inputs = {i.name for i in self.session.get_inputs()}
+        # State inputs the client did not send start at zero: [layers * directions, B, hidden].
+        self._state_defaults = {
+            t.name: t for t in manifest.inputs if t.name in graph_inputs and t.name not in ("features", "lengths")
+        }
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`features` [B, T, F] float32 and `lengths` [B] int64 at least; missing states start at zero."""
+        batch = inputs["features"].shape[0]
+        feeds = dict(inputs)
+        for name, spec in self._state_defaults.items():
+            if name not in feeds:
+                shape = [batch if d == "batch" else d for d in spec.shape]
+                feeds[name] = np.zeros(shape, dtype=np.float32)
+        return dict(zip(self.output_names, self.session.run(self.output_names, feeds), strict=True))
+
+    def warmup(self, timesteps: int) -> None:
+        """Run the shapes that first requests will bring, so the first user does not pay for allocation."""
+        rng = np.random.default_rng(0)
+        for batch, steps in ((1, 1), (1, timesteps), (8, timesteps)):
+            features = rng.standard_normal((batch, steps, self.manifest.input_dim)).astype(np.float32)
+            self.run({"features": features, "lengths": np.full(batch, steps, dtype=np.int64)})

@@ -1,0 +1,358 @@
+"""marshmallow schemas for every request body, header set and path parameter.
+
+The numeric payload is the hot path: `SequencesField` and `TensorDataField` convert nested lists to a float32
+array in one vectorised step (`np.asarray`, a shape check, `np.isfinite`) after a C-level pass over the leaf
+types (`set(map(type, ...))`), and walk the nested lists in Python only when something is wrong, to say where
+(`sequences[3][17]: expected 6 features, got 5`). Errors keep marshmallow's nested dict shape, so `details` gives
+the path as keys (sequence index, timestep index).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import chain
+from typing import Any
+
+import numpy as np
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+OUTPUTS = ("labels", "probabilities", "logits")
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+V2_DATATYPES = (
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "BYTES",
+)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A validated batch: features [B, T, F] float32, zero-padded to the longest sequence; lengths [B] int64."""
+
+    features: np.ndarray
+    lengths: np.ndarray
+
+
+# ----------------------------------------------------------------------------------------- numeric payloads
+
+
+def _leaf_types(value: Sequence[Any], depth: int) -> set[type]:
+    """Types of the leaves of a list nested `depth` deep, iterated in C. Raises TypeError when an inner level
+    is not iterable (a number where a list belongs); strings and dicts show up as `str` leaves."""
+    items: Any = value
+    for _ in range(depth - 1):
+        items = chain.from_iterable(items)
+    return set(map(type, items))
+
+
+_NUMBER_TYPES = {float, int}
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__
+
+
+def _number_problem(value: Any) -> str | None:
+    if type(value) not in _NUMBER_TYPES:
+        return f"expected a number, got {_describe(value)}"
+    if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
+        return f"value {value!r} is not a finite float32"
+    return None
+
+
+class SequencesField(fields.Field):
+    """`[[[f1..fF], ...], ...]`: a batch of variable-length sequences of timesteps; a timestep is a list of F
+    numbers or an object keyed by feature name. Deserialises to a `Batch`."""
+
+    def __init__(self, feature_names: Sequence[str], max_sequences: int, max_timesteps: int, **kwargs: Any):
+        super().__init__(required=True, **kwargs)
+        self.feature_names = list(feature_names)
+        self.max_sequences = max_sequences
+        self.max_timesteps = max_timesteps
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Batch:
+        if not isinstance(value, list):
+            raise ValidationError(f"expected a list of sequences, got {_describe(value)}")
+        if not value:
+            raise ValidationError("empty batch: send at least one sequence")
+        if len(value) > self.max_sequences:
+            raise ValidationError(f"{len(value)} sequences exceed the limit of {self.max_sequences} per request")
+        self._check_lengths(value)
+        batch = self._fast(value)
+        return batch if batch is not None else self._slow(value)
+
+    def _check_lengths(self, value: list[Any]) -> None:
+        errors: dict[int, list[str]] = {}
+        for i, seq in enumerate(value):
+            if not isinstance(seq, list):
+                errors[i] = [f"expected a sequence (list of timesteps), got {_describe(seq)}"]
+            elif not seq:
+                errors[i] = ["empty sequence: send at least one timestep"]
+            elif len(seq) > self.max_timesteps:
+                errors[i] = [f"{len(seq)} timesteps exceed the limit of {self.max_timesteps} per sequence"]
+        if errors:
+            raise ValidationError(errors)
+
+    def _fast(self, value: list[list[Any]]) -> Batch | None:
+        """One C-level pass for the types, one `np.asarray` per batch (or per sequence when lengths differ)."""
+        try:
+            if not _leaf_types(value, 3) <= _NUMBER_TYPES:
+                return None
+            lengths = np.fromiter(map(len, value), dtype=np.int64, count=len(value))
+            if (lengths == lengths[0]).all():
+                features = np.asarray(value, dtype=np.float32)
+            else:
+                features = np.zeros((len(value), int(lengths.max()), len(self.feature_names)), dtype=np.float32)
+                for i, seq in enumerate(value):
+                    features[i, : lengths[i]] = seq
+        except (TypeError, ValueError, OverflowError):
+            return None
+        if features.ndim != 3 or features.shape[2] != len(self.feature_names):
+            return None
+        if not np.isfinite(features).all():
+            return None
+        return Batch(features, lengths)
+
+    def _slow(self, value: list[list[Any]]) -> Batch:
+        """Walk every timestep: convert objects keyed by feature name, and collect up to 10 located errors."""
+        n_features = len(self.feature_names)
+        errors: dict[int, dict[int, list[str] | dict[int | str, list[str]]]] = {}
+        count = 0
+        rows: list[list[list[float]]] = []
+        for i, seq in enumerate(value):
+            converted = []
+            for t, step in enumerate(seq):
+                row, problem = self._timestep(step, n_features)
+                if problem is not None:
+                    errors.setdefault(i, {})[t] = problem
+                    count += 1
+                    if count >= 10:
+                        raise ValidationError(errors)
+                converted.append(row)
+            rows.append(converted)
+        if errors:
+            raise ValidationError(errors)
+        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+        features = np.zeros((len(rows), int(lengths.max()), n_features), dtype=np.float32)
+        for i, seq in enumerate(rows):
+            features[i, : lengths[i]] = seq
+        return Batch(features, lengths)
+
+    def _timestep(self, step: Any, n_features: int) -> tuple[list[float], Any]:
+        keyed = isinstance(step, dict)
+        if keyed:
+            missing = [n for n in self.feature_names if n not in step]
+            unknown = sorted(set(step) - set(self.feature_names))
+            if missing or unknown:
+                parts = [
+                    f"missing features {missing}" if missing else "",
+                    f"unknown features {unknown}" if unknown else "",
+                ]
+                return [], ["; ".join(p for p in parts if p) + f" (expected {self.feature_names})"]
+            step = [step[n] for n in self.feature_names]
+        elif not isinstance(step, list):
+            return [], [f"expected a timestep (list of {n_features} numbers or object), got {_describe(step)}"]
+        if len(step) != n_features:
+            return [], [f"expected {n_features} features, got {len(step)}"]
+        problems = {f: [p] for f, x in enumerate(step) if (p := _number_problem(x)) is not None}
+        if problems:
+            return [], {(self.feature_names[f] if keyed else f): p for f, p in problems.items()}
+        return step, None
+
+
+class TensorDataField(fields.Field):
+    """V2 `data`: a flat or nested list of numbers. Deserialises to a float64 or int64 array, validated for
+    type and finiteness; the shape is checked against the declared one by the caller."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> np.ndarray:
+        if not isinstance(value, list):
+            raise ValidationError(f"expected a list of numbers, got {_describe(value)}")
+        depth, probe = 1, value
+        while probe and isinstance(probe[0], list):
+            depth, probe = depth + 1, probe[0]
+        try:
+            if _leaf_types(value, depth) <= _NUMBER_TYPES:
+                array = np.asarray(value)
+                if array.dtype.kind in "if" and np.isfinite(array).all():
+                    return array.reshape(-1)
+        except (TypeError, ValueError, OverflowError):
+            pass
+        raise ValidationError(_locate_flat(value))
+
+
+def _locate_flat(value: list[Any]) -> str:
+    """The first bad leaf of a nested list, as an index path (`data[2][5]: expected a number, got null`)."""
+    depth: int | None = None
+
+    def walk(items: list[Any], path: tuple[int, ...]) -> str | None:
+        nonlocal depth
+        for i, x in enumerate(items):
+            here = (*path, i)
+            if isinstance(x, list):
+                if (found := walk(x, here)) is not None:
+                    return found
+                continue
+            depth = depth or len(here)
+            problem = _number_problem(x) or (None if len(here) == depth else "ragged nesting")
+            if problem:
+                return f"data{''.join(f'[{p}]' for p in here)}: {problem}"
+        return None
+
+    return walk(value, ()) or "data: sub-lists of different lengths"
+
+
+# ---------------------------------------------------------------------------------------------------- v1
+
+
+class StrictSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class ModelPathSchema(StrictSchema):
+    name = fields.String(required=True, validate=validate.Regexp(NAME_PATTERN, error="not a valid model name"))
+    version = fields.Integer(
+        load_default=None, strict=False, validate=validate.Range(min=1, error="must be a positive integer")
+    )
+
+
+def predict_schema(feature_names: Sequence[str], max_sequences: int, max_timesteps: int) -> Schema:
+    """The v1 predict body for one model: its feature count and names, and the configured limits."""
+    return Schema.from_dict(
+        {
+            "sequences": SequencesField(feature_names, max_sequences, max_timesteps),
+            "outputs": fields.List(
+                fields.String(validate=validate.OneOf(OUTPUTS)),
+                load_default=lambda: ["labels", "probabilities"],
+                validate=validate.Length(min=1),
+            ),
+            "id": fields.String(validate=validate.Length(max=128)),
+        },
+        name="PredictRequest",
+    )(unknown=RAISE)
+
+
+class PredictRequestDoc(StrictSchema):
+    """For the OpenAPI document only: the per-model schema above is built at load time."""
+
+    sequences = fields.List(
+        fields.List(fields.List(fields.Float())),
+        required=True,
+        metadata={"description": "sequences x timesteps x features; a timestep may be an object keyed by name"},
+    )
+    outputs = fields.List(fields.String(validate=validate.OneOf(OUTPUTS)))
+    id = fields.String()
+
+
+class PredictionDoc(Schema):
+    labels = fields.List(fields.String(), metadata={"description": "per timestep (per_timestep head)"})
+    label = fields.String(metadata={"description": "one per sequence (last head)"})
+    probabilities = fields.List(fields.Raw())
+    logits = fields.List(fields.Raw())
+
+
+class PredictResponseDoc(Schema):
+    model_name = fields.String()
+    model_version = fields.String()
+    id = fields.String()
+    classes = fields.List(fields.String())
+    predictions = fields.List(fields.Nested(PredictionDoc))
+
+
+class BinaryRequestSchema(StrictSchema):
+    """A raw float32 body: `Seqserve-Shape: B,T,F` and optional `Seqserve-Lengths: l1,...,lB` headers, and the
+    `outputs` query parameter."""
+
+    shape = fields.String(
+        required=True,
+        validate=validate.Regexp(r"^\s*\d+\s*,\s*\d+\s*,\s*\d+\s*$", error="expected 'B,T,F' (three integers)"),
+    )
+    lengths = fields.String(
+        validate=validate.Regexp(r"^\s*\d+(\s*,\s*\d+)*\s*$", error="expected comma-separated integers")
+    )
+    outputs = fields.String(
+        validate=validate.Regexp(
+            r"^(labels|probabilities|logits)(,(labels|probabilities|logits))*$",
+            error=f"expected a comma-separated subset of {list(OUTPUTS)}",
+        )
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- v2
+
+
+class V2Parameters(fields.Dict):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(keys=fields.String(), load_default=dict, **kwargs)
+
+
+class InferInputSchema(StrictSchema):
+    name = fields.String(required=True)
+    shape = fields.List(fields.Integer(strict=True, validate=validate.Range(min=0)), required=True)
+    datatype = fields.String(required=True, validate=validate.OneOf(V2_DATATYPES))
+    parameters = V2Parameters()
+    data = TensorDataField()
+
+    @validates_schema
+    def _data_or_binary(self, data: dict[str, Any], **kwargs: Any) -> None:
+        binary = data.get("parameters", {}).get("binary_data_size")
+        if binary is None and "data" not in data:
+            raise ValidationError("give `data`, or `parameters.binary_data_size` with a binary body", "data")
+        if binary is not None and (isinstance(binary, bool) or not isinstance(binary, int) or binary < 0):
+            raise ValidationError("binary_data_size must be a non-negative integer", "parameters")
+
+
+class InferOutputSchema(StrictSchema):
+    name = fields.String(required=True)
+    parameters = V2Parameters()
+
+
+class InferRequestSchema(StrictSchema):
+    id = fields.String(validate=validate.Length(max=128))
+    parameters = V2Parameters()
+    inputs = fields.List(fields.Nested(InferInputSchema), required=True, validate=validate.Length(min=1))
+    outputs = fields.List(fields.Nested(InferOutputSchema))
+
+
+# ------------------------------------------------------------------------------------------------ errors
+
+
+def flatten_errors(messages: Any, root: str = "") -> list[str]:
+    """marshmallow's nested error dict as `path: message` lines: `sequences[3][17]: expected 6 features, got 5`."""
+    if isinstance(messages, str):
+        return [f"{root or 'body'}: {messages}"]
+    if isinstance(messages, list):
+        return [line for m in messages for line in flatten_errors(m, root)]
+    lines = []
+    for key, sub in messages.items():
+        if key == "_schema":
+            path = root or "body"
+        elif isinstance(key, int) or (isinstance(key, str) and key.isdigit()):
+            path = f"{root}[{key}]"
+        else:
+            path = f"{root}.{key}" if root else str(key)
+        lines.extend(flatten_errors(sub, path))
+    return lines

@@ -1,0 +1,83 @@
+"""Typed settings, read once inside the app factory from `SEQSERVE_*` environment variables (or a mapping).
+
+Every field maps to one variable: `max_sequences` <- `SEQSERVE_MAX_SEQUENCES`. `bind`, `workers`, `threads` and
+`timeout` are gunicorn's (read by gunicorn.conf.py); the app knows `workers` to split the CPU between them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Any
+
+PROVIDERS = ("auto", "cpu", "cuda")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_repository: str = "model_repository"
+    # onnxruntime
+    provider: str = "auto"  # auto: CUDA when onnxruntime offers it, else CPU
+    require_gpu: bool = False  # a CPU fallback makes the service not ready
+    intra_op_threads: int = 0  # 0: cores / workers
+    warmup_timesteps: int = 100
+    poll_interval: float = 0.0  # seconds between repository scans; 0: load once at start
+    # request limits
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_sequences: int = 1024
+    max_timesteps: int = 10_000  # per sequence
+    # adaptive batching, per model and worker
+    batching: bool = True
+    batch_max_sequences: int = 64
+    batch_max_cells: int = 64 * 512  # sequences x longest sequence in one merged run
+    batch_max_queue_delay_ms: float = 0.0  # 0: never wait for company when the model is free
+    batch_max_queue: int = 256  # pending requests beyond which the answer is 503 + Retry-After
+    batch_timeout: float = 30.0
+    # process
+    log_level: str = "INFO"
+    log_requests: bool = True
+    bind: str = "127.0.0.1:8000"
+    workers: int = 1
+    threads: int = 16
+    timeout: int = 60
+
+    def __post_init__(self) -> None:
+        if self.provider not in PROVIDERS:
+            raise ValueError(f"SEQSERVE_PROVIDER: {self.provider!r} is not one of {', '.join(PROVIDERS)}")
+        for name in ("max_body_bytes", "max_sequences", "max_timesteps", "batch_max_sequences", "batch_max_queue"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"SEQSERVE_{name.upper()} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def ort_threads(self) -> int:
+        if self.intra_op_threads > 0:
+            return self.intra_op_threads
+        return max(1, (os.cpu_count() or 1) // max(1, self.workers))
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any]) -> Settings:
+        """Keys as in the environment without the prefix, any case. Unknown keys are an error, so that a typo
+        does not silently keep a default."""
+        known = {f.name: f for f in fields(cls)}
+        values = {k.lower(): v for k, v in values.items()}
+        if unknown := sorted(set(values) - set(known)):
+            raise ValueError(f"unknown settings {['SEQSERVE_' + k.upper() for k in unknown]}")
+        return cls(**{k: _convert(k, str(known[k].type), v) for k, v in values.items()})
+
+
+def _convert(name: str, kind: str, value: Any) -> Any:
+    text = str(value).strip()
+    try:
+        if kind == "bool":
+            if text.lower() in _TRUE | _FALSE:
+                return text.lower() in _TRUE
+            raise ValueError(text)
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+    except ValueError:
+        raise ValueError(f"SEQSERVE_{name.upper()}: cannot read {value!r} as {kind}") from None
+    return text
