@@ -1,0 +1,173 @@
+"""`models.train`: real short runs on separable synthetic data, the run folder, seeding and the command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from models import checkpoint, data
+from models.train import main, resolve_config
+from tests.conftest import REPO_ROOT, make_stream, train, write_csv_sequences, write_csv_stream
+from tests.models.test_evaluate import assert_png
+
+
+@pytest.fixture(scope="module")
+def learned_run(tmp_path_factory):
+    """A per-timestep LSTM trained for a few seconds on a separable 3-class stream."""
+    root = tmp_path_factory.mktemp("learned")
+    features, labels = make_stream(2400, seed=21)
+    path = write_csv_stream(root / "stream.csv", features, labels)
+    metrics = train(path, root / "run", epochs=20, seed=0)
+    return root / "run", metrics
+
+
+def test_a_short_run_learns_a_separable_task(learned_run):
+    run_dir, metrics = learned_run
+    assert metrics["accuracy"] >= 0.9
+    on_disk = json.loads((run_dir / "metrics.json").read_text())
+    assert on_disk["accuracy"] == metrics["accuracy"]
+    assert on_disk["macro_f1"] >= 0.85
+    assert on_disk["split"] == "test"
+    assert on_disk["unit"] == "timestep"
+
+
+def test_metrics_report_every_class_by_name(learned_run):
+    run_dir, _ = learned_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["class_names"] == ["idle", "run", "walk"]
+    for name in metrics["class_names"]:
+        assert set(metrics["per_class"][name]) >= {"precision", "recall", "f1-score", "support"}
+    matrix = np.array(metrics["confusion_matrix"])
+    assert matrix.shape == (3, 3)
+    assert matrix.sum() == metrics["support"]
+    assert np.trace(matrix) / matrix.sum() == pytest.approx(metrics["accuracy"])
+
+
+def test_run_folder_holds_checkpoint_and_plots(learned_run):
+    run_dir, metrics = learned_run
+    raw = torch.load(run_dir / checkpoint.CHECKPOINT_FILE, weights_only=True)
+    assert raw["class_names"] == ["idle", "run", "walk"]
+    assert raw["model_config"]["hidden_size"] == 16
+    ckpt = checkpoint.load(run_dir / checkpoint.CHECKPOINT_FILE)
+    assert ckpt.model.parameter_count() == metrics["parameter_count"]
+    assert ckpt.feature_names == ["ax", "ay", "az", "gx", "gy", "gz"]
+    assert ckpt.seq_len == 20
+    assert_png(run_dir / "curves.png")
+    assert_png(run_dir / "confusion_matrix.png")
+    history = json.loads((run_dir / "history.json").read_text())
+    assert len(history["train_loss"]) == metrics["epochs_run"]
+
+
+def test_normalisation_is_fitted_on_the_training_split_only(tmp_path):
+    """A drifting stream: statistics of all the data differ from those of the training blocks."""
+    features, labels = make_stream(1200, seed=22)
+    features += np.linspace(0, 10, len(features), dtype=np.float32)[:, None]
+    path = write_csv_stream(tmp_path / "drift.csv", features, labels)
+    train(path, tmp_path / "run", epochs=1, seed=5, split_block=100)
+
+    loaded = data.load(path)
+    split = data.split_blocks(loaded, 100, 0.15, 0.15, seed=5)
+    train_mean, train_std = data.fit_normalization(split.train)
+    model = checkpoint.load(tmp_path / "run" / checkpoint.CHECKPOINT_FILE).model
+    torch.testing.assert_close(model.feature_mean, train_mean)
+    torch.testing.assert_close(model.feature_std, train_std)
+    all_mean = torch.from_numpy(features.mean(0))
+    assert (model.feature_mean - all_mean).abs().max() > 0.1
+
+
+def _state(run_dir):
+    return torch.load(run_dir / checkpoint.CHECKPOINT_FILE, weights_only=True)["state_dict"]
+
+
+def test_seed_makes_runs_identical(tmp_path):
+    features, labels = make_stream(700, seed=23)
+    path = write_csv_stream(tmp_path / "s.csv", features, labels)
+    settings = {"epochs": 2, "hidden": 8, "seq_len": 10, "dropout": 0.2, "layers": 2, "cell": "gru"}
+    first = train(path, tmp_path / "a", seed=11, **settings)
+    second = train(path, tmp_path / "b", seed=11, **settings)
+    third = train(path, tmp_path / "c", seed=12, **settings)
+    a, b, c = _state(tmp_path / "a"), _state(tmp_path / "b"), _state(tmp_path / "c")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert first == second
+    assert (tmp_path / "a" / "history.json").read_text() == (tmp_path / "b" / "history.json").read_text()
+    assert any(not torch.equal(a[name], c[name]) for name in a if "rnn" in name)
+    assert third["parameter_count"] == first["parameter_count"]
+
+
+def test_last_head_trains_on_sequences_from_csv(tmp_path):
+    sequences = [make_stream(30, seed=i, segment=(30, 30)) for i in range(40)]
+    path = write_csv_sequences(tmp_path / "seqs.csv", sequences)
+    metrics = train(
+        path, tmp_path / "run", sequence_column="seq", time_column="t", head="last", epochs=1, split_block=30
+    )
+    assert metrics["unit"] == "sequence"
+    # 30-step sequences cut in 20-step windows: two windows (20 + 10 steps) per held-out sequence
+    assert metrics["support"] == 2 * round(0.15 * 40)
+
+
+def test_cli_with_toml_config_overridden_by_flags(tmp_path):
+    sequences = [make_stream(40, seed=i) for i in range(30)]
+    path = write_csv_sequences(tmp_path / "seqs.csv", sequences)
+    (tmp_path / "run.toml").write_text(
+        f'data = "{path}"\nsequence_column = "seq"\ntime_column = "t"\nseq_len = 20\nsplit_block = 40\n'
+        'cell = "gru"\nhidden = 8\nepochs = 1\nlr = 0.01\npatience = 50\nseed = 1\n'
+    )
+    out = tmp_path / "run"
+    argv = ["--config", str(tmp_path / "run.toml"), "--epochs", "3", "--head", "per-timestep", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "models.train", *argv, "--out", str(out)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "test accuracy" in done.stderr
+    config = json.loads((out / "config.json").read_text())
+    assert (config["epochs"], config["cell"], config["hidden"], config["head"]) == (3, "gru", 8, "per_timestep")
+    assert len(json.loads((out / "history.json").read_text())["train_loss"]) == 3
+    assert (out / "metrics.json").is_file()
+    assert checkpoint.load(out / checkpoint.CHECKPOINT_FILE).model.config.cell == "gru"
+
+
+def test_flags_override_the_config_file(tmp_path):
+    (tmp_path / "c.toml").write_text('data = "x.csv"\nhidden = 64\nbidirectional = true\nhead = "last"\n')
+    cfg = resolve_config(["--config", str(tmp_path / "c.toml"), "--hidden", "8", "--data", "y.mat"])
+    assert (cfg.data, cfg.hidden, cfg.bidirectional, cfg.head) == ("y.mat", 8, True, "last")
+    assert cfg.stride == cfg.seq_len
+    assert cfg.split_block == 10 * cfg.seq_len
+    assert cfg.columns().label == -1  # the .mat default: the last column
+
+
+def test_unknown_config_setting_is_refused(tmp_path):
+    (tmp_path / "c.toml").write_text('data = "x.csv"\nhiden = 8\n')
+    with pytest.raises(SystemExit, match=r"unknown settings \['hiden'\]"):
+        resolve_config(["--config", str(tmp_path / "c.toml")])
+
+
+def test_data_is_required():
+    with pytest.raises(SystemExit, match="--data PATH is required"):
+        resolve_config(["--epochs", "1"])
+
+
+def test_malformed_data_exits_with_the_message(tmp_path, caplog):
+    features, labels = make_stream(50)
+    features[10, 4] = np.nan
+    path = write_csv_stream(tmp_path / "bad.csv", features, labels)
+    with caplog.at_level(logging.ERROR, logger="models.train"):
+        code = main(["--data", str(path), "--out", str(tmp_path / "run"), "--no-progress"])
+    assert code == 2
+    assert f"{path}: row 12, column 'gy'" in caplog.text
+    assert not (tmp_path / "run" / checkpoint.CHECKPOINT_FILE).exists()
