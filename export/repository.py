@@ -62,6 +62,8 @@ def publish(repository: Path, name: str, build: Callable[[Path], dict[str, Any]]
     try:
         manifest = build(staging)
         manifest["files"] = file_entries(staging)
+        # mkdtemp makes the folder private (0700); published, it must be as readable as the model folder.
+        staging.chmod(model_dir.stat().st_mode & 0o7777)
         while True:
             version = max(versions(model_dir), default=0) + 1
             manifest["version"] = version
