@@ -114,6 +114,16 @@ def write_npz(path: Path, features: np.ndarray, labels: np.ndarray, lengths: np.
     return path
 
 
+def assert_png(path: Path) -> None:
+    """A real PNG image (signature and a decodable picture of some size), not just a file with that name."""
+    from matplotlib.image import imread
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    height, width, _ = imread(path).shape
+    assert height > 100
+    assert width > 100
+
+
 def train(data_path: Path, out: Path, **settings: Any) -> dict[str, Any]:
     """`models.train.run` with quick defaults for tests (small model, few epochs, no progress bar)."""
     from models.train import RunConfig, run

@@ -22,7 +22,7 @@ def write_run(run_dir: Path, seq_len: int = 8, seed: int = 0, **config) -> Path:
     dim = settings["input_dim"]
     model.set_normalization(torch.randn(dim, generator=gen) * 3, torch.rand(dim, generator=gen) * 2 + 0.5)
     run_dir.mkdir(parents=True, exist_ok=True)
-    names = list(FEATURE_NAMES)[:dim] if dim <= len(FEATURE_NAMES) else [f"f{i + 1}" for i in range(dim)]
+    names = list(FEATURE_NAMES) if dim == len(FEATURE_NAMES) else [f"f{i + 1}" for i in range(dim)]
     classes = list(CLASS_NAMES)[: settings["num_classes"]]
     ckpt = checkpoint.Checkpoint(model.eval(), names, classes, seq_len, {"seed": seed})
     checkpoint.save(run_dir / checkpoint.CHECKPOINT_FILE, ckpt)

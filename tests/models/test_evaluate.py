@@ -4,19 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from matplotlib.image import imread
 
 from models import evaluate
 from models.trainer import History
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def assert_png(path) -> None:
-    assert path.read_bytes()[:8] == PNG_SIGNATURE
-    height, width, _ = imread(path).shape
-    assert height > 100
-    assert width > 100
+from tests.conftest import assert_png
 
 
 def test_classification_metrics():

@@ -14,8 +14,7 @@ import torch
 
 from models import checkpoint, data
 from models.train import main, resolve_config
-from tests.conftest import REPO_ROOT, make_stream, train, write_csv_sequences, write_csv_stream
-from tests.models.test_evaluate import assert_png
+from tests.conftest import REPO_ROOT, assert_png, make_stream, train, write_csv_sequences, write_csv_stream
 
 
 @pytest.fixture(scope="module")
