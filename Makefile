@@ -56,3 +56,24 @@ lint: install-dev
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# ---- benchmark (issue 4): prints and writes docs/benchmarks.md; everything it starts listens on 127.0.0.1:18000-18999
+# `make bench` is the full run (~20 min, 3 rounds); `make bench-quick` (or BENCH_ARGS=--quick) a ~2-minute smoke run.
+BENCH_ARGS ?=
+.PHONY: bench-peers bench-quick bench-wrk
+
+# KServe and MLServer in their own venvs (bench/.venv-kserve, bench/.venv-mlserver: they pin conflicting versions);
+# rebuilt only when bench/peers/*.txt change; a failed install is reported and the benchmark skips that peer.
+bench-peers:
+	PYTHON=$(PYTHON) bash bench/install_peers.sh
+
+# wrk is the load generator (Debian package `wrk`); without it the benchmark falls back to a Python one.
+bench-wrk:
+	@command -v wrk >/dev/null || apt-get install -y wrk || (apt-get update && apt-get install -y wrk) \
+		|| echo "bench: wrk could not be installed; the Python load generator will be used"
+
+bench: install-train bench-peers bench-wrk
+	timeout --signal=TERM 40m $(PY) -m bench $(BENCH_ARGS)
+
+bench-quick: install-train bench-peers bench-wrk
+	timeout --signal=TERM 10m $(PY) -m bench --quick $(BENCH_ARGS)

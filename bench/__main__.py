@@ -1,0 +1,88 @@
+"""`python -m bench [--quick]`: seqserve against the limit, the framework's ceiling, a tutorial server and the peers.
+
+Prints the targets and the table, and writes them to docs/benchmarks.md. Everything it starts listens on
+127.0.0.1 (ports 18000-18999) and is stopped when it ends, however it ends. A full run takes about 20 minutes
+(3 rounds); `--quick` about 3 (1 round, fewer cells). Install the peers first with `make bench-peers`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import shlex
+import signal
+import sys
+from pathlib import Path
+
+from bench import document, report, run
+from bench.contenders import ROOT, CpuBudget
+from bench.matrix import CONTENDERS
+
+log = logging.getLogger("bench")
+
+
+def parse(argv: list[str]) -> run.Options:
+    p = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--quick", action="store_true", help="smoke run: 1 round of the target cells, short loads")
+    p.add_argument("--rounds", type=int, help="rounds over the matrix (default 3; quick 1)")
+    p.add_argument("--duration", type=int, help="whole seconds per measurement (default 4; quick 2)")
+    p.add_argument("--warmup", type=int, help="whole seconds of load before a cell's first measurement (default 1)")
+    p.add_argument("--max-minutes", type=float, help="stop issuing measurements after this (default 22; quick 4)")
+    p.add_argument("--workers", type=int, help="server worker processes (default: gunicorn.conf.py's, min(cores, 4))")
+    p.add_argument("--threads", type=int, help="gunicorn threads per worker (default: gunicorn.conf.py's, 16)")
+    p.add_argument("--only", nargs="+", choices=sorted(CONTENDERS), default=(), help="measure only these contenders")
+    p.add_argument("--results", type=Path, default=ROOT / "bench" / "results", help="cache, logs, raw results")
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md", help="the report to write")
+    a = p.parse_args(argv)
+    return run.Options(
+        quick=a.quick,
+        rounds=a.rounds or (1 if a.quick else 3),
+        duration=a.duration or (2 if a.quick else 4),
+        warmup=a.warmup if a.warmup is not None else 1,
+        max_minutes=a.max_minutes or (4.0 if a.quick else 22.0),
+        budget=CpuBudget.service_defaults(a.workers, a.threads),
+        results=a.results.resolve(),
+        out=a.out,
+        command=shlex.join(["python", "-m", "bench", *argv]),
+        only=tuple(a.only),
+    )
+
+
+def write_measurements(outcome: run.Run, path: Path) -> None:
+    """Every measurement of every round, for whoever wants more than the medians."""
+    rows = [
+        {**dataclasses.asdict(cell), "round": i + 1, **dataclasses.asdict(result), "rps": result.rps}
+        for cell, results in outcome.measured.items()
+        for i, result in enumerate(results)
+    ]
+    path.write_text(json.dumps(rows, indent=1))
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds, so every server started is stopped
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGTERM, _terminate)
+    options = parse(sys.argv[1:] if argv is None else argv)
+    outcome, summaries, elapsed = run.execute(options)
+    found = report.targets(summaries, list(outcome.models))
+    if options.quick:
+        found = [t for t in found if t.passed is not None]
+    validation = run.validation_budget(outcome)
+    text = document.render(outcome, summaries, found, validation, elapsed)
+    options.out.parent.mkdir(parents=True, exist_ok=True)
+    options.out.write_text(text)
+    write_measurements(outcome, options.results / "measurements.json")
+    print(text)
+    log.info("wrote %s", options.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

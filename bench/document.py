@@ -1,0 +1,111 @@
+"""docs/benchmarks.md: what was run, on what, the targets, the table, how it was measured, what was skipped."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from bench import environment, report, validation_cost
+from bench.loadgen import have_wrk
+from bench.report import Target
+from bench.run import Run
+
+
+def render(
+    run: Run,
+    summaries: dict,
+    found: list[Target],
+    validation: validation_cost.ValidationCost | str,
+    elapsed_s: float,
+) -> str:
+    o = run.options
+    mode = "quick (a smoke run: its numbers are not the report)" if o.quick else "full"
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (`python -m bench`); rerun it to update this page, do not edit it by hand.",
+        "",
+        f"- **Command:** `{o.command}`",
+        f"- **When:** {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}, {elapsed_s / 60:.1f} min; mode: {mode}",
+        f"- **Rounds:** {o.rounds} x {o.duration:g} s per cell ({o.warmup:g} s warm-up before a cell's first round), "
+        "medians over rounds",
+        f"- **Machine:** {environment.machine()}",
+        *[f"- **Versions:** {v}" if i == 0 else f"  {v}" for i, v in enumerate(environment.versions())],
+        f"- **CPU budget, every contender:** {o.budget.describe()}",
+    ]
+    if run.truncated:
+        lines.append(f"- **Truncated:** {run.truncated}")
+    lines += ["", "## Targets (issue 4)", "", *report.targets_table(found), ""]
+    lines += ["## Validation cost (64 x 50 JSON, in-process)", "", *_validation(validation), ""]
+    lines += ["## Results", "", *report.results_table(summaries), ""]
+    lines += ["## Skipped", ""] + ([f"- {s}" for s in run.skipped] or ["- nothing"]) + [""]
+    lines += _method(run)
+    return "\n".join(lines) + "\n"
+
+
+def _validation(v: validation_cost.ValidationCost | str) -> list[str]:
+    if isinstance(v, str):
+        return [v]
+    verdict = "PASS" if v.passed else "MISS"
+    return [
+        f"Model {v.model}: whole request {v.request_ms:.2f} ms (Flask test client into the real app), JSON parse "
+        f"(orjson) {v.parse_ms:.2f} ms, validation (marshmallow schema incl. the vectorised float32 conversion) "
+        f"{v.validate_ms:.2f} ms = **{v.share:.1%}** of the request (budget <= {validation_cost.BUDGET:.0%}): "
+        f"**{verdict}**. Medians of repeated calls.",
+    ]
+
+
+def _method(run: Run) -> list[str]:
+    b = run.options.budget
+    load = (
+        "`wrk -t1 -cN --latency` with `bench/wrk/post.lua` (POSTs a body read from a file). One wrk thread: the "
+        "load generator shares the 2 cores with the server under test and takes up to one of them, which caps "
+        "every contender alike; not pinned with taskset, which would crowd the server onto one core"
+        if have_wrk()
+        else "the Python fallback load generator (wrk was missing): one thread and keep-alive connection per client; "
+        "weaker than wrk, so the fastest servers are understated"
+    )
+    return [
+        "## How it is measured",
+        "",
+        "- **Models:** LSTM per-timestep classifiers on 6 features, h32 (hidden 32, 1 layer) and h128 (hidden 128, "
+        "2 layers), trained 2 epochs on a synthetic stream by `python -m models.train` and published by "
+        "`python -m export` into `bench/results/model_repository` (cached; accuracy is irrelevant).",
+        "- **Payloads:** one seeded float32 batch per scenario (sequences x steps x 6), encoded as v1 JSON "
+        "(orjson's float32 shortest repr), v1 raw float32 (`Seqserve-Shape`), V2 binary tensors (`binary_data_output`)"
+        " and V2 JSON; every contender gets the same numbers and returns per-timestep probabilities (v1 and the naive "
+        "server also labels).",
+        "- **Answers checked first:** one request per contender, model and payload must answer 200 with "
+        "probabilities within 1e-4 of onnxruntime run in-process (the bare server: its constant); a contender that "
+        "fails is skipped with the reason, never measured.",
+        f"- **Load:** {load}. Closed loop, N = concurrent connections, keep-alive, {run.options.duration:g} s per "
+        "measurement, 10 s per-request timeout. Errors (non-2xx, socket errors, timeouts) are counted and excluded "
+        "from req/s.",
+        "- **Noise:** all servers run side by side, idle when not measured; each round runs every scenario's cells "
+        "in a new seeded random order; the table shows each metric's median over rounds.",
+        f"- **raw (the limit):** `session.run` in-process on the same batches, {b.workers} thread(s) (one per server "
+        f"worker) each with its own session of {b.intra_op_threads} intra-op thread(s); onnxruntime releases the GIL "
+        "so they run in parallel like the worker processes. Its p50/p99 are per `run` call.",
+        '- **seqserve:** `gunicorn --config gunicorn.conf.py "service:create_app()"` with the service\'s defaults '
+        "except `SEQSERVE_MODEL_REPOSITORY`, `SEQSERVE_BIND`, and `SEQSERVE_BATCHING=false` for the batching-off "
+        "server; per-request JSON logs on (the default) go to `bench/results/logs/`.",
+        "- **bare Flask+gunicorn:** `bench/apps/bare.py` under the same gunicorn.conf.py, workers and threads: "
+        "reads the body, answers a constant.",
+        "- **naive tutorial server:** `bench/apps/naive.py`: Flask's built-in server via `app.run()` (threaded, as "
+        "tutorials start it), PyTorch eager with default threads, `models.checkpoint.load(run/checkpoint.pt)`, "
+        "`request.get_json()` -> `torch.tensor` -> `model(features, lengths)` + softmax -> `jsonify` with class-name "
+        "labels and probabilities.",
+        "- **KServe:** `kserve.ModelServer` with a custom `kserve.Model` on onnxruntime "
+        f"(`bench/apps/kserve_server.py`), {b.workers} uvicorn worker(s) of {b.intra_op_threads} onnxruntime "
+        "thread(s), latency logging and access logs off, gRPC off; measured with V2 binary tensors and V2 JSON, the "
+        "better one counts for the targets. KServe 0.21 turns a binary input tensor into Python lists and back "
+        "(`InferRequest.from_bytes`), so its binary path is not much cheaper than JSON on large payloads.",
+        "- **MLServer:** an `MLModel` runtime on onnxruntime (`bench/apps/mlserver_runtime.py`), V2 JSON (MLServer's "
+        "REST API has no binary tensor extension), debug and gzip off, two ways: inference in the server process "
+        f"(`parallel_workers: 0`, one session of {b.workers * b.intra_op_threads} threads) and in a pool of "
+        f"{b.workers} inference process(es) of {b.intra_op_threads} thread(s) (`parallel_workers: {b.workers}`); "
+        "neither wins on both payloads, so the better one counts for the targets. uvloop is pinned to 0.21.0: "
+        "with >= 0.22 MLServer 1.7.1's inference workers crash at start (SeldonIO/MLServer#2286).",
+        "- **Batching target:** the same seqserve with `SEQSERVE_BATCHING=false` as the baseline.",
+        "- **Validation cost:** in-process (no sockets); see its section.",
+        "",
+    ]

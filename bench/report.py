@@ -1,0 +1,163 @@
+"""Medians over rounds, the targets of issue 4 with PASS/MISS, and the Markdown report (docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+
+from bench.loadgen import LoadResult
+from bench.matrix import CONTENDERS, RAW_CONCURRENCY, Cell
+
+PAYLOADS = ("1x50", "64x50")
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One cell's medians over its rounds (each metric's own median)."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    rounds: int
+    batch: int
+    steps: int
+
+    @property
+    def sequences_per_s(self) -> float:
+        return self.rps * self.batch
+
+    @property
+    def timesteps_per_s(self) -> float:
+        return self.rps * self.batch * self.steps
+
+
+def summarize(cell: Cell, runs: list[LoadResult]) -> Summary:
+    batch, steps = (int(x) for x in cell.scenario.split("x"))
+    return Summary(
+        rps=statistics.median(r.rps for r in runs),
+        p50_ms=statistics.median(r.p50_ms for r in runs),
+        p99_ms=statistics.median(r.p99_ms for r in runs),
+        errors=sum(r.errors for r in runs),
+        rounds=len(runs),
+        batch=batch,
+        steps=steps,
+    )
+
+
+@dataclass
+class Target:
+    name: str
+    goal: str
+    value: str = "not measured"
+    passed: bool | None = None
+    note: str = ""
+
+    @property
+    def verdict(self) -> str:
+        return {True: "PASS", False: "MISS", None: "n/a"}[self.passed]
+
+
+@dataclass
+class Targets:
+    results: dict[Cell, Summary]
+    models: list[str]
+    found: list[Target] = field(default_factory=list)
+
+    def get(self, contender: str, model: str, scenario: str, c: int) -> Summary | None:
+        s = self.results.get(Cell(model, scenario, c, contender))
+        return s if s is not None and s.rps > 0 else None
+
+    def ratio(self, name: str, goal: float, num: Summary | None, den: Summary | None, note: str = "") -> None:
+        """`num / den` in requests/s against `goal`; n/a when either side was not measured."""
+        target = Target(name, f">= {goal:g}x" if goal >= 1 else f">= {goal:.0%}", note=note)
+        if num is not None and den is not None:
+            value = num.rps / den.rps
+            target.value = f"{value:.2f}x" if goal >= 1 else f"{value:.1%}"
+            target.value += f" ({num.rps:.0f} / {den.rps:.0f} req/s)"
+            target.passed = value >= goal
+        self.found.append(target)
+
+    def best(self, keys: list[str], model: str, scenario: str, c: int) -> tuple[str, Summary | None]:
+        found = [(k, s) for k in keys if (s := self.get(k, model, scenario, c)) is not None]
+        return max(found, key=lambda ks: ks[1].rps) if found else ("", None)
+
+
+def targets(results: dict[Cell, Summary], models: list[str]) -> list[Target]:
+    t = Targets(results, models)
+    seqserve = ["seqserve-json", "seqserve-binary", "seqserve-v2"]
+    for m in models:
+        raw = t.get("raw", m, "64x50", RAW_CONCURRENCY)
+        t.ratio(f"{m} 64x50 c8: JSON vs raw onnxruntime", 0.5, t.get("seqserve-json", m, "64x50", 8), raw)
+        t.ratio(f"{m} 64x50 c8: v1 binary vs raw onnxruntime", 0.75, t.get("seqserve-binary", m, "64x50", 8), raw)
+        t.ratio(f"{m} 64x50 c8: V2 binary vs raw onnxruntime", 0.75, t.get("seqserve-v2", m, "64x50", 8), raw)
+    for m in models:
+        bare = t.get("bare", "-", "1x50", 8)
+        t.ratio(f"{m} 1x50 c8: JSON vs bare Flask+gunicorn", 0.8, t.get("seqserve-json", m, "1x50", 8), bare)
+    for m in models:
+        naive = t.get("naive", m, "64x50", 8)
+        t.ratio(f"{m} 64x50 c8: JSON vs naive tutorial server", 20, t.get("seqserve-json", m, "64x50", 8), naive)
+    for peer, keys in (
+        ("KServe", ["kserve-binary", "kserve-json"]),
+        ("MLServer", ["mlserver-json", "mlserver-pool-json"]),
+    ):
+        for m in models:
+            for payload in PAYLOADS:
+                ours, our_best = t.best(seqserve, m, payload, 8)
+                theirs, their_best = t.best(keys, m, payload, 8)
+                note = f"best of each: {_label(ours)} vs {_label(theirs)}" if ours and theirs else ""
+                t.ratio(f"{m} {payload} c8: seqserve vs {peer}", 1.5, our_best, their_best, note)
+    large = models[-1]
+    on32, off32 = t.get("seqserve-json", large, "1x50", 32), t.get("seqserve-nobatch", large, "1x50", 32)
+    t.ratio(f"{large} 1x50 c32: batching on vs off", 2, on32, off32)
+    t.found.append(_added_p50(t, large))
+    return t.found
+
+
+def _added_p50(t: Targets, model: str) -> Target:
+    target = Target(f"{model} 1x50 c1: p50 added by batching", "<= 0.5 ms")
+    on, off = t.get("seqserve-json", model, "1x50", 1), t.get("seqserve-nobatch", model, "1x50", 1)
+    if on is not None and off is not None:
+        added = on.p50_ms - off.p50_ms
+        target.value = f"{added:+.2f} ms ({on.p50_ms:.2f} vs {off.p50_ms:.2f} ms)"
+        target.passed = added <= 0.5
+    return target
+
+
+def _label(key: str) -> str:
+    return CONTENDERS[key].label
+
+
+# ------------------------------------------------------------------------------------------------ tables
+
+
+def _num(x: float) -> str:
+    if x != x:  # NaN
+        return "-"
+    return f"{x:,.0f}" if x >= 100 else f"{x:.1f}" if x >= 10 else f"{x:.2f}"
+
+
+def results_table(results: dict[Cell, Summary]) -> list[str]:
+    lines = [
+        "| contender | model | payload | clients | req/s | sequences/s | timesteps/s | p50 ms | p99 ms | errors |",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for cell in sorted(results, key=_row_order):
+        s = results[cell]
+        clients = "in-process" if cell.concurrency == RAW_CONCURRENCY else str(cell.concurrency)
+        lines.append(
+            f"| {_label(cell.contender)} | {cell.model} | {cell.scenario} | {clients} | {_num(s.rps)} | "
+            f"{_num(s.sequences_per_s)} | {_num(s.timesteps_per_s)} | {_num(s.p50_ms)} | {_num(s.p99_ms)} | "
+            f"{s.errors} |"
+        )
+    return lines
+
+
+def _row_order(c: Cell) -> tuple[str, str, int, int]:
+    return (c.scenario, c.model, list(CONTENDERS).index(c.contender), c.concurrency)
+
+
+def targets_table(found: list[Target]) -> list[str]:
+    lines = ["| target | goal | measured | verdict | note |", "|---|---|---|---|---|"]
+    lines += [f"| {t.name} | {t.goal} | {t.value} | **{t.verdict}** | {t.note} |" for t in found]
+    return lines

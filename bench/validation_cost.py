@@ -1,0 +1,90 @@
+"""Issue 4's validation budget, measured in-process: what parsing and validating the 64 x 50 JSON payload costs
+next to the whole request. The whole request goes through Flask's test client into the real app (codecs,
+schema, dataplane, batcher, onnxruntime, response encoding), without sockets; the parts are the service's own
+functions on the same bytes: `codecs.decode_json` (orjson) and the model's marshmallow schema `load`."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+BUDGET = 0.10
+
+
+@dataclass(frozen=True)
+class ValidationCost:
+    model: str
+    payload: str
+    request_ms: float  # the whole request, in-process
+    parse_ms: float  # JSON bytes -> Python objects
+    validate_ms: float  # marshmallow schema load -> float32 batch
+
+    @property
+    def share(self) -> float:
+        return self.validate_ms / self.request_ms
+
+    @property
+    def passed(self) -> bool:
+        return self.share <= BUDGET
+
+
+def _median_ms(call: Callable[[], object], seconds: float, least: int = 20) -> float:
+    call()
+    times: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while len(times) < least or time.perf_counter() < deadline:
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+        if len(times) >= 10_000:
+            break
+    return statistics.median(times) * 1e3
+
+
+def _wait_ready(plane: object, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not plane.readiness()[0]:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"models not ready after {timeout:.0f} s: {plane.readiness()[1]}")
+        time.sleep(0.1)
+
+
+def measure(repository: Path, model: str, payload: str, body: bytes, seconds: float) -> ValidationCost:
+    from service import codecs, create_app
+
+    app = create_app({"model_repository": str(repository), "log_requests": "false", "log_level": "WARNING"})
+    plane = app.extensions["seqserve"]
+    try:
+        _wait_ready(plane)
+        version = plane.get(model)
+        client = app.test_client()
+        url = f"/v1/models/{model}/predict"
+
+        def whole() -> None:
+            response = client.post(url, data=body, content_type="application/json")
+            assert response.status_code == 200, response.get_data(as_text=True)[:200]
+
+        parsed = codecs.decode_json(body)
+        return ValidationCost(
+            model=model,
+            payload=payload,
+            request_ms=_median_ms(whole, seconds),
+            parse_ms=_median_ms(lambda: codecs.decode_json(body), seconds),
+            validate_ms=_median_ms(lambda: version.schema.load(parsed), seconds),
+        )
+    finally:
+        plane.stop()
+
+
+def unavailable() -> str | None:
+    """Why the micro-benchmark cannot run in this tree, or None."""
+    try:
+        from service import codecs, create_app  # noqa: F401
+    except ImportError as exc:
+        return f"the service cannot be imported ({exc})"
+    if not hasattr(codecs, "decode_json"):
+        return "service.codecs has no decode_json"
+    return None
