@@ -2,7 +2,7 @@
 
 Prints the targets and the table, and writes them to docs/benchmarks.md. Everything it starts listens on
 127.0.0.1 (ports 18000-18999) and is stopped when it ends, however it ends. A full run takes about 20 minutes
-(3 rounds); `--quick` about 3 (1 round, fewer cells). Install the peers first with `make bench-peers`.
+(3 rounds); `--quick` about 2 (1 round of the target cells). Install the peers first with `make bench-peers`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import signal
 import sys
 from pathlib import Path
 
-from bench import document, report, run
+from bench import document, loadgen, report, run
 from bench.contenders import ROOT, CpuBudget
 from bench.matrix import CONTENDERS
 
@@ -35,6 +35,7 @@ def parse(argv: list[str]) -> run.Options:
     p.add_argument("--workers", type=int, help="server worker processes (default: gunicorn.conf.py's, min(cores, 4))")
     p.add_argument("--threads", type=int, help="gunicorn threads per worker (default: gunicorn.conf.py's, 16)")
     p.add_argument("--only", nargs="+", choices=sorted(CONTENDERS), default=(), help="measure only these contenders")
+    p.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto", help="auto: wrk if installed")
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "results", help="cache, logs, raw results")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md", help="the report to write")
     a = p.parse_args(argv)
@@ -49,6 +50,7 @@ def parse(argv: list[str]) -> run.Options:
         out=a.out,
         command=shlex.join(["python", "-m", "bench", *argv]),
         only=tuple(a.only),
+        loadgen=loadgen.pick(a.loadgen),
     )
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 
 from bench import environment, report, validation_cost
-from bench.loadgen import have_wrk
 from bench.report import Target
 from bench.run import Run
 
@@ -29,7 +28,7 @@ def render(
         f"- **Rounds:** {o.rounds} x {o.duration:g} s per cell ({o.warmup:g} s warm-up before a cell's first round), "
         "medians over rounds",
         f"- **Machine:** {environment.machine()}",
-        *[f"- **Versions:** {v}" if i == 0 else f"  {v}" for i, v in enumerate(environment.versions())],
+        *[f"- **Versions:** {v}" if i == 0 else f"  {v}" for i, v in enumerate(environment.versions(o.loadgen))],
         f"- **CPU budget, every contender:** {o.budget.describe()}",
     ]
     if run.truncated:
@@ -60,9 +59,10 @@ def _method(run: Run) -> list[str]:
         "`wrk -t1 -cN --latency` with `bench/wrk/post.lua` (POSTs a body read from a file). One wrk thread: the "
         "load generator shares the 2 cores with the server under test and takes up to one of them, which caps "
         "every contender alike; not pinned with taskset, which would crowd the server onto one core"
-        if have_wrk()
-        else "the Python fallback load generator (wrk was missing): one thread and keep-alive connection per client; "
-        "weaker than wrk, so the fastest servers are understated"
+        if run.options.loadgen == "wrk"
+        else "the Python load generator (`--loadgen python`, or wrk was missing): one thread and keep-alive "
+        "connection per client in one process; weaker than wrk (the GIL caps it), so the fastest servers are "
+        "understated"
     )
     return [
         "## How it is measured",

@@ -46,11 +46,11 @@ def _peer_versions(peer: str) -> str:
     return ", ".join(f"{p} {pins.get(p, '?')}" for p in PEER_PACKAGES[peer])
 
 
-def versions() -> list[str]:
+def versions(loadgen: str) -> list[str]:
     main = ", ".join(f"{p} {_version(p)}" for p in MAIN_PACKAGES)
     return [
         f"python {platform.python_version()}; {main}",
         f"bench/.venv-kserve: {_peer_versions('kserve')}",
         f"bench/.venv-mlserver: {_peer_versions('mlserver')}",
-        f"load generator: {wrk_version()}",
+        f"load generator: {'Python (bench/loadgen.py); ' if loadgen == 'python' else ''}{wrk_version()}",
     ]

@@ -46,7 +46,7 @@ def have_wrk() -> bool:
 
 def wrk_version() -> str:
     if not have_wrk():
-        return "absent (Python load generator)"
+        return "wrk absent"
     out = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
     return (out.stdout + out.stderr).splitlines()[0].split(" Copyright")[0]
 
@@ -114,6 +114,17 @@ def summarize(latencies_s: list[float], errors: int, duration_s: float) -> LoadR
     return LoadResult(len(latencies_s), errors, duration_s, cuts[49] * 1e3, cuts[98] * 1e3)
 
 
-def run_load(url: str, body: Body, concurrency: int, duration: float, timeout: float = 10.0) -> LoadResult:
-    runner = run_wrk if have_wrk() else run_python
+def pick(name: str = "auto") -> str:
+    """`auto`: wrk where it is installed, else the Python generator."""
+    if name == "auto":
+        return "wrk" if have_wrk() else "python"
+    if name == "wrk" and not have_wrk():
+        raise SystemExit("error: wrk is not installed (apt-get install -y wrk, or --loadgen python)")
+    return name
+
+
+def run_load(
+    url: str, body: Body, concurrency: int, duration: float, timeout: float = 10.0, loadgen: str = "wrk"
+) -> LoadResult:
+    runner = run_wrk if loadgen == "wrk" else run_python
     return runner(url, body, concurrency, duration, timeout)

@@ -36,6 +36,7 @@ class Options:
     out: Path
     command: str
     only: tuple[str, ...] = ()
+    loadgen: str = "wrk"  # or "python"
     ready_timeout: float = 180.0
 
 
@@ -166,7 +167,7 @@ class Run:
             features = self.scenario(cell.scenario).features()
             return raw.measure(self.models[cell.model], features, budget.workers, budget.intra_op_threads, seconds)
         body = self.bodies[CONTENDERS[cell.contender].body, cell.scenario]
-        return run_load(self.url(cell), body, cell.concurrency, seconds)
+        return run_load(self.url(cell), body, cell.concurrency, seconds, loadgen=self.options.loadgen)
 
     def rounds(self, cells: list[Cell]) -> None:
         """Per round, every scenario's cells in a fresh random order (seeded), so that no contender always runs

@@ -76,14 +76,17 @@ class Server:
                 start_new_session=True,
             )
 
-    def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+    def wait_ready(self, timeout: float, consecutive: int = 10) -> None:
+        """Ready after `consecutive` 200s in a row, each on a new connection: with several worker processes
+        each answers for itself, and one ready worker says nothing about the others."""
+        deadline, streak = time.monotonic() + timeout, 0
         while time.monotonic() < deadline:
             if self.process is None or self.process.poll() is not None:
                 raise ServerFailed(f"{self.name} exited ({self.returncode()}) before it was ready{self.log_tail()}")
-            if self._ready():
+            streak = streak + 1 if self._ready() else 0
+            if streak >= consecutive:
                 return
-            time.sleep(0.25)
+            time.sleep(0.05 if streak else 0.25)
         raise ServerFailed(f"{self.name} not ready after {timeout:.0f} s{self.log_tail()}")
 
     def _ready(self) -> bool:
