@@ -5,8 +5,10 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
+from bench.fixtures import MODELS
 from bench.loadgen import LoadResult
 from bench.matrix import CONTENDERS, RAW_CONCURRENCY, Cell
+from bench.payloads import SCENARIOS
 
 PAYLOADS = ("1x50", "64x50")
 
@@ -153,8 +155,11 @@ def results_table(results: dict[Cell, Summary]) -> list[str]:
     return lines
 
 
-def _row_order(c: Cell) -> tuple[str, str, int, int]:
-    return (c.scenario, c.model, list(CONTENDERS).index(c.contender), c.concurrency)
+def _row_order(c: Cell) -> tuple[int, int, int, int]:
+    """Payloads and models in the order they are defined (small first), then contenders, then clients."""
+    scenarios = [s.name for s in SCENARIOS]
+    models = ["-", *(m.name for m in MODELS)]
+    return scenarios.index(c.scenario), models.index(c.model), list(CONTENDERS).index(c.contender), c.concurrency
 
 
 def targets_table(found: list[Target]) -> list[str]:
