@@ -98,11 +98,12 @@ def model_config(name: str, version: str | None = None) -> Response:
 @bp.post("/models/<name>/infer")
 @bp.post("/models/<name>/versions/<version>/infer")
 def infer(name: str, version: str | None = None) -> Response:
+    body = read_body()  # first: an unread body would cost the client its keep-alive connection on a 404
     model = resolve_model(name, version)
     assert model.manifest is not None
     plane = dataplane()
     parsed = codecs.v2_request(
-        read_body(), request.headers.get("Inference-Header-Content-Length"), model.manifest, plane.settings
+        body, request.headers.get("Inference-Header-Content-Length"), model.manifest, plane.settings
     )
     outputs = plane.infer(model, parsed.inputs)
     body, headers = codecs.v2_response(model.manifest, parsed, outputs)

@@ -40,7 +40,7 @@ class BatchObserver:
     rejected: Callable[[], None] = lambda: None
 
 
-@dataclass
+@dataclass(eq=False)  # identity semantics: the queue removes this very request, never compares arrays
 class _Work:
     inputs: Arrays
     sequences: int
@@ -119,9 +119,21 @@ class AdaptiveBatcher:
                     self._cond.wait()
                 if self._stopped and not self._queue:
                     return
-                group = self._take()
+                try:
+                    group = self._take()
+                except Exception as exc:  # never let the thread die with requests waiting on it
+                    log.exception("batch selection failed")
+                    group = [self._queue.popleft()]
+                    self._fail(group, exc)
+                    continue
             if group:
                 self._execute(group)
+
+    @staticmethod
+    def _fail(group: list[_Work], exc: BaseException) -> None:
+        for work in group:
+            work.error = exc
+            work.done.set()
 
     def _take(self) -> list[_Work]:
         """The oldest request and the queued requests of its length bucket that fit (lock held)."""
@@ -165,10 +177,10 @@ class AdaptiveBatcher:
                 group[0].outputs = outputs
             else:
                 self._split(group, outputs)
-        except BaseException as exc:  # every waiter must hear about it; the loop goes on
+        except Exception as exc:  # every waiter must hear about it; the loop goes on
             log.exception("batched inference failed")
-            for work in group:
-                work.error = exc
+            self._fail(group, exc)
+            return
         for work in group:
             work.done.set()
 

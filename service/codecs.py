@@ -65,13 +65,15 @@ def load(schema: Schema, data: Any, error: type[BadRequest] | type[InvalidInput]
         raise error("; ".join(lines[:3]) + more, details=exc.messages) from None
 
 
-def locate_nonfinite(features: np.ndarray, lengths: np.ndarray) -> None:
+def locate_nonfinite(
+    features: np.ndarray, lengths: np.ndarray, error: type[BadRequest] | type[InvalidInput] = InvalidInput
+) -> None:
     """Binary inputs can carry NaN/Inf (JSON cannot): point at the first one inside a sequence."""
     bad = ~np.isfinite(features)
     bad &= np.arange(features.shape[1])[None, :, None] < lengths[:, None, None]
     if bad.any():
         i, t, f = (int(v) for v in np.argwhere(bad)[0])
-        raise InvalidInput(
+        raise error(
             f"sequences[{i}][{t}][{f}]: value {features[i, t, f]} is not finite",
             details={"sequences": {i: {t: {f: ["not finite"]}}}},
         )
@@ -100,7 +102,7 @@ def check_batch(
     if bad.size:
         i = int(bad[0])
         raise error(f"lengths[{i}]: {int(lengths[i])} is outside 1..{steps} (the time dimension)")
-    locate_nonfinite(features, lengths)
+    locate_nonfinite(features, lengths, error)
 
 
 # ------------------------------------------------------------------------------------------------------ v1

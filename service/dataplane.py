@@ -103,17 +103,20 @@ class DataPlane:
         found = {(v.name, v.version): v for v in scan(self.root)}
         with self._lock:
             known = {(v.name, v.version) for v in self._all()}
-        for key in sorted(found.keys() - known):
-            self._load(found[key])
+        new = [
+            ModelVersion(found[key].name, found[key].version, found[key].path) for key in sorted(found.keys() - known)
+        ]
+        with self._lock:  # all visible as "loading" in /ready at once, none servable yet
+            for version in new:
+                self._models.setdefault(version.name, {})[version.version] = version
+        for version in new:
+            self._load(version)
         for name, number in sorted(known - found.keys()):
             self._unload(name, number)
         self._scanned = True
 
-    def _load(self, entry: VersionDir) -> None:
-        version = ModelVersion(entry.name, entry.version, entry.path)
-        with self._lock:
-            placeholders = self._models.setdefault(entry.name, {})
-            placeholders[entry.version] = version  # visible as "loading" in /ready, not servable yet
+    def _load(self, version: ModelVersion) -> None:
+        entry = VersionDir(version.name, version.version, version.path)
         started = time.perf_counter()
         try:
             manifest = read_manifest(entry)
@@ -183,6 +186,8 @@ class DataPlane:
     def versions(self, name: str) -> list[ModelVersion]:
         with self._lock:
             versions = self._models.get(name)
+            if not versions and not self._scanned:
+                raise NotReady("the model repository is still being scanned; retry shortly")
             if not versions:
                 raise NotFound(f"model {name!r} not found; available: {sorted(self._models)}")
             return [versions[v] for v in sorted(versions)]

@@ -122,12 +122,13 @@ class SequencesField(fields.Field):
             if not _leaf_types(value, 3) <= _NUMBER_TYPES:
                 return None
             lengths = np.fromiter(map(len, value), dtype=np.int64, count=len(value))
-            if (lengths == lengths[0]).all():
-                features = np.asarray(value, dtype=np.float32)
-            else:
-                features = np.zeros((len(value), int(lengths.max()), len(self.feature_names)), dtype=np.float32)
-                for i, seq in enumerate(value):
-                    features[i, : lengths[i]] = seq
+            with np.errstate(over="ignore"):  # values beyond float32 become inf and are located below
+                if (lengths == lengths[0]).all():
+                    features = np.asarray(value, dtype=np.float32)
+                else:
+                    features = np.zeros((len(value), int(lengths.max()), len(self.feature_names)), dtype=np.float32)
+                    for i, seq in enumerate(value):
+                        features[i, : lengths[i]] = seq
         except (TypeError, ValueError, OverflowError):
             return None
         if features.ndim != 3 or features.shape[2] != len(self.feature_names):

@@ -1,0 +1,177 @@
+"""Adaptive batching: merged runs give each request exactly what an unbatched run gives; a full queue answers
+503 + Retry-After at once."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.batching import AdaptiveBatcher, BatchObserver, bucket_of
+from service.errors import Overloaded
+from service.repository import VersionDir, read_manifest
+from service.runtime import ModelRuntime
+from tests.service.conftest import start_server
+
+
+def runtime_for(repository: Path, name: str) -> ModelRuntime:
+    entry = VersionDir(name, 1, repository / name / "1")
+    return ModelRuntime(entry.path, read_manifest(entry), "cpu", 1)
+
+
+def requests_of(lengths_per_request: list[list[int]], seed: int = 0) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for lengths in lengths_per_request:
+        longest = max(lengths)
+        features = np.zeros((len(lengths), longest, 6), dtype=np.float32)
+        for i, n in enumerate(lengths):
+            features[i, :n] = rng.normal(size=(n, 6))
+        out.append({"features": features, "lengths": np.array(lengths, dtype=np.int64)})
+    return out
+
+
+class Gate:
+    """Holds the first run until every request is queued, so the rest must merge."""
+
+    def __init__(self, runtime: ModelRuntime) -> None:
+        self.runtime, self.open, self.runs = runtime, threading.Event(), []
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.open.wait(10)
+        self.runs.append(inputs["features"].shape[0])
+        return self.runtime.run(inputs)
+
+
+@pytest.mark.parametrize("name", ["lstm_step", "gru_last"])
+def test_batched_results_equal_unbatched(model_repository, name):
+    runtime = runtime_for(model_repository, name)
+    gate = Gate(runtime)
+    sizes: list[int] = []
+    batcher = AdaptiveBatcher(
+        gate,
+        runtime.manifest,
+        max_sequences=64,
+        max_cells=64 * 64,
+        max_queue=100,
+        observer=BatchObserver(batch_sequences=sizes.append),
+    )
+    # Mixed lengths within and across requests; all in one length bucket (17..32) but the first.
+    work = requests_of([[5], [20, 3, 31], [17], [32, 18], [25, 25, 19, 30], [1], [29]], seed=4)
+    try:
+        with ThreadPoolExecutor(len(work)) as pool:
+            futures = [pool.submit(batcher.submit, w) for w in work]
+            while len(batcher._queue) + len(gate.runs) < len(work) - 1:
+                threading.Event().wait(0.01)
+            gate.open.set()
+            results = [f.result(timeout=30) for f in futures]
+    finally:
+        batcher.stop()
+    assert max(sizes) > 1, "nothing was merged"
+    assert sum(sizes) == sum(w["features"].shape[0] for w in work)
+    for inputs, got in zip(work, results, strict=True):
+        expected = runtime.run(inputs)
+        for key in ("probabilities", "logits"):
+            assert got[key].shape == expected[key].shape
+            for i, n in enumerate(inputs["lengths"]):
+                a = got[key][i, :n] if got[key].ndim == 3 else got[key][i]
+                b = expected[key][i, :n] if expected[key].ndim == 3 else expected[key][i]
+                np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+        for key in ("hn", "cn"):
+            if key in expected:
+                np.testing.assert_allclose(got[key], expected[key], rtol=0, atol=1e-6)
+
+
+def test_length_buckets_and_limits_shape_the_runs(model_repository):
+    runtime = runtime_for(model_repository, "lstm_step")
+    gate = Gate(runtime)
+    batcher = AdaptiveBatcher(gate, runtime.manifest, max_sequences=4, max_cells=1000, max_queue=100)
+    work = requests_of([[3], [100], [90, 70], [2, 2], [4], [3, 3, 3]], seed=1)
+    try:
+        with ThreadPoolExecutor(len(work)) as pool:
+            futures = [pool.submit(batcher.submit, w) for w in work]
+            while len(batcher._queue) + len(gate.runs) < len(work) - 1:
+                threading.Event().wait(0.01)
+            gate.open.set()
+            for f in futures:
+                f.result(timeout=30)
+    finally:
+        batcher.stop()
+    # Never more than 4 sequences in one run, and long and short sequences (other buckets) are not mixed.
+    assert max(gate.runs) <= 4
+    assert bucket_of(3) == bucket_of(4) != bucket_of(90) == bucket_of(100)
+    assert sum(gate.runs) == 10
+
+
+def test_full_queue_is_refused_at_once(model_repository):
+    runtime = runtime_for(model_repository, "lstm_step")
+    gate = Gate(runtime)
+    rejected: list[int] = []
+    batcher = AdaptiveBatcher(
+        gate,
+        runtime.manifest,
+        max_sequences=1,
+        max_cells=1000,
+        max_queue=2,
+        observer=BatchObserver(rejected=lambda: rejected.append(1)),
+    )
+    work = requests_of([[3]] * 4)
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            futures = [pool.submit(batcher.submit, w) for w in work[:3]]  # one running (held), two queued
+            while len(batcher._queue) < 2:
+                threading.Event().wait(0.01)
+            with pytest.raises(Overloaded) as refused:
+                batcher.submit(work[3])
+            gate.open.set()
+            for f in futures:
+                f.result(timeout=30)
+    finally:
+        batcher.stop()
+    assert refused.value.status == 503
+    assert refused.value.headers == {"Retry-After": "1"}
+    assert rejected == [1]
+
+
+def test_queue_delay_gathers_company(model_repository):
+    runtime = runtime_for(model_repository, "lstm_step")
+    sizes: list[int] = []
+    batcher = AdaptiveBatcher(
+        runtime.run,
+        runtime.manifest,
+        max_sequences=8,
+        max_cells=1000,
+        max_queue=10,
+        max_queue_delay=0.5,
+        observer=BatchObserver(batch_sequences=sizes.append),
+    )
+    work = requests_of([[4], [4], [4]])
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            results = list(pool.map(batcher.submit, work))
+    finally:
+        batcher.stop()
+    assert sizes == [3]
+    assert all(r["probabilities"].shape == (1, 4, 3) for r in results)
+
+
+def test_overloaded_server_answers_503_with_retry_after(model_repository, tmp_path):
+    server = start_server(
+        model_repository, tmp_path / "log", workers=1, threads=16, batch_max_queue=1, batch_max_sequences=1
+    )
+    heavy = {"sequences": np.random.default_rng(0).normal(size=(8, 1500, 6)).round(3).tolist()}
+    try:
+        with ThreadPoolExecutor(12) as pool:
+            responses = list(pool.map(lambda _: server.post("/v1/models/gru_last/predict", heavy), range(12)))
+    finally:
+        server.stop()
+    statuses = [r.status_code for r in responses]
+    assert 200 in statuses
+    assert 503 in statuses
+    refused = next(r for r in responses if r.status_code == 503)
+    assert refused.headers["Retry-After"] == "1"
+    assert refused.json()["error"]["code"] == "overloaded"
+    assert set(statuses) <= {200, 503}

@@ -1,0 +1,180 @@
+"""Model loading: readiness only when warm, honest providers, failures that stay local, new versions without
+downtime, and a broken onnxruntime install detected at start."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from service.runtime import install_problems
+from service.settings import Settings
+from tests.service.conftest import start_server
+
+ONE = {"sequences": [[[0.1, 0.2, 0.3, 0.4, 0.5, 0.6]] * 3]}
+
+
+def copy_repository(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target
+
+
+def test_ready_is_503_until_models_are_warm(model_repository, tmp_path):
+    # A long warm-up batch makes the loading window wide enough to observe.
+    server = start_server(model_repository, tmp_path / "log", wait_ready=False, warmup_timesteps=30_000)
+    try:
+        seen = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            response = server.get("/ready")
+            seen.append((response.status_code, response.json()))
+            if response.status_code == 200:
+                break
+            time.sleep(0.05)
+        assert seen[0][0] == 503
+        assert seen[-1][0] == 200
+        not_ready = seen[0][1]
+        assert not_ready["ready"] is False
+        states = {v["state"] for versions in not_ready["models"].values() for v in versions}
+        assert "loading" in states or not_ready["problems"] == ["model repository not scanned yet"]
+        assert server.get("/health").status_code == 200  # alive all along
+    finally:
+        assert server.stop() == 0
+
+
+def test_cuda_fallback_is_reported_and_can_make_the_service_not_ready(model_repository, tmp_path):
+    lenient = start_server(model_repository, tmp_path / "lenient", provider="cuda")
+    try:
+        version = lenient.get("/v1/models/lstm_step").json()["versions"][0]
+        assert version["provider"] == "CPUExecutionProvider"  # what onnxruntime really uses, not what we asked
+        assert "asked for CUDAExecutionProvider, onnxruntime runs it on CPUExecutionProvider" in lenient.logs()
+    finally:
+        lenient.stop()
+    strict = start_server(
+        model_repository, tmp_path / "strict", wait_ready=False, workers=1, provider="cuda", require_gpu="true"
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while (report := strict.get("/ready").json())["problems"] == ["model repository not scanned yet"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert strict.get("/ready").status_code == 503
+        reasons = [v["reason"] for versions in report["models"].values() for v in versions]
+        assert reasons
+        assert all("GPU required but onnxruntime runs it on CPUExecutionProvider" in r for r in reasons)
+        refused = strict.post("/v1/models/lstm_step/predict", ONE)
+        assert refused.status_code == 503
+        assert "GPU required" in refused.json()["error"]["message"]
+    finally:
+        strict.stop()
+
+
+def test_a_model_that_fails_to_load_does_not_take_the_others_down(model_repository, tmp_path):
+    repo = copy_repository(model_repository, tmp_path / "repo")
+    onnx_file = repo / "gru_last" / "1" / "model.onnx"
+    onnx_file.write_bytes(onnx_file.read_bytes()[:-10] + b"corrupted!")
+    server = start_server(repo, tmp_path / "log", wait_ready=False, workers=1)  # one worker: one view of the state
+    try:
+        deadline = time.monotonic() + 60
+        while (report := server.get("/ready").json())["problems"]:  # until the first scan is complete
+            assert time.monotonic() < deadline, report
+            time.sleep(0.1)
+        assert server.get("/ready").status_code == 503  # strict readiness, as Triton's default
+        assert report["models"]["gru_last"][0]["state"] == "failed"
+        assert report["models"]["lstm_step"][0]["state"] == "ready"
+        assert "does not match the manifest" in report["models"]["gru_last"][0]["reason"]
+        assert server.post("/v1/models/lstm_step/predict", ONE).status_code == 200
+        broken = server.post("/v1/models/gru_last/predict", ONE)
+        assert broken.status_code == 503
+        assert "failed" in broken.json()["error"]["message"]
+    finally:
+        assert server.stop() == 0
+
+
+def test_new_versions_appear_without_downtime(model_repository, trained_runs, tmp_path):
+    from export.__main__ import export_run
+
+    repo = copy_repository(model_repository, tmp_path / "repo")
+    server = start_server(repo, tmp_path / "log", poll_interval=0.2, workers=1)
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        while not stop.is_set():
+            statuses.append(server.post("/v1/models/lstm_step/predict", ONE).status_code)
+
+    thread = threading.Thread(target=traffic)
+    thread.start()
+    try:
+        version, _ = export_run(trained_runs["lstm_step"], repo, "lstm_step")
+        assert version == 2
+        deadline = time.monotonic() + 30
+        while server.post("/v1/models/lstm_step/predict", ONE).json()["model_version"] != "2":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        shutil.rmtree(repo / "lstm_step" / "1")
+        while [v["version"] for v in server.get("/v1/models/lstm_step").json()["versions"]] != [2]:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert server.post("/v1/models/lstm_step/versions/1/predict", ONE).status_code == 404
+    finally:
+        stop.set()
+        thread.join()
+        server.stop()
+    assert len(statuses) > 5
+    assert set(statuses) == {200}
+
+
+def test_empty_or_missing_repository_is_not_ready(tmp_path):
+    (tmp_path / "empty").mkdir()
+    for repo, problem in ((tmp_path / "empty", "holds no model versions"), (tmp_path / "absent", "does not exist")):
+        server = start_server(repo, tmp_path / f"{repo.name}.log", wait_ready=False)
+        try:
+            deadline = time.monotonic() + 30
+            while (report := server.get("/ready").json())["problems"] == ["model repository not scanned yet"]:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            assert server.get("/ready").status_code == 503
+            assert problem in report["problems"][0]
+        finally:
+            server.stop()
+
+
+def test_broken_onnxruntime_install_is_detected():
+    import onnxruntime
+
+    both = install_problems({"onnxruntime": "1.32.0", "onnxruntime-gpu": "1.31.1"})
+    assert len(both) == 1
+    assert "onnxruntime-gpu==1.31.1" in both[0]
+    assert "share the module" in both[0]
+    assert install_problems({"onnxruntime": None, "onnxruntime-gpu": onnxruntime.__version__}) == []
+    mismatch = install_problems({"onnxruntime": None, "onnxruntime-gpu": "0.1.0"})
+    assert "module reports" in mismatch[0]
+    assert install_problems({"onnxruntime": None, "onnxruntime-gpu": None})
+    assert install_problems() == []  # this environment is healthy
+
+
+def test_settings_come_from_the_prefixed_environment():
+    settings = Settings.from_mapping(
+        {
+            "MODEL_REPOSITORY": "/models",
+            "BATCHING": "false",
+            "MAX_SEQUENCES": "12",
+            "BATCH_MAX_QUEUE_DELAY_MS": "2.5",
+            "REQUIRE_GPU": True,
+        }
+    )
+    assert settings.model_repository == "/models"
+    assert settings.batching is False
+    assert settings.max_sequences == 12
+    assert settings.batch_max_queue_delay_ms == 2.5
+    assert settings.require_gpu is True
+    with pytest.raises(ValueError, match="SEQSERVE_MAX_SEQUENCSE"):
+        Settings.from_mapping({"MAX_SEQUENCSE": "3"})
+    with pytest.raises(ValueError, match="SEQSERVE_BATCHING: cannot read 'maybe' as bool"):
+        Settings.from_mapping({"BATCHING": "maybe"})
+    with pytest.raises(ValueError, match="SEQSERVE_PROVIDER"):
+        Settings.from_mapping({"PROVIDER": "tpu"})

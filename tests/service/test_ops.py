@@ -1,0 +1,85 @@
+"""Health, readiness, metrics, the OpenAPI document and its docs page."""
+
+from __future__ import annotations
+
+from openapi_spec_validator import validate
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def test_health_and_ready(server):
+    assert server.get("/health").json() == {"status": "alive"}
+    ready = server.get("/ready")
+    assert ready.status_code == 200
+    report = ready.json()
+    assert report["ready"] is True
+    assert report["problems"] == []
+    assert report["models"]["lstm_step"][0] == {
+        "version": 1,
+        "state": "ready",
+        "reason": None,
+        "provider": "CPUExecutionProvider",
+    }
+    assert server.get("/v2/health/live").status_code == 200
+    assert server.get("/v2/health/ready").json() == {"ready": True}
+
+
+def samples(server) -> dict[tuple[str, frozenset], float]:
+    text = server.get("/metrics").text
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_metrics_count_requests_sequences_and_batches(server):
+    before = samples(server)
+    sequences = [[[0.5] * 6] * 4, [[0.1] * 6] * 9]
+    for _ in range(3):
+        assert server.post("/v1/models/lstm_step/predict", {"sequences": sequences}).status_code == 200
+    assert server.post("/v1/models/lstm_step/predict", {"sequences": []}).status_code == 422
+    after = samples(server)
+
+    def delta(name: str, **labels: str) -> float:
+        key = (name, frozenset(labels.items()))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    endpoint = "/v1/models/<name>/predict"
+    assert delta("seqserve_requests_total", endpoint=endpoint, model="lstm_step", status="200") == 3
+    assert delta("seqserve_requests_total", endpoint=endpoint, model="lstm_step", status="422") == 1
+    assert delta("seqserve_sequences_total", model="lstm_step") == 6
+    assert delta("seqserve_timesteps_total", model="lstm_step") == 3 * 13
+    assert delta("seqserve_request_duration_seconds_count", endpoint=endpoint, model="lstm_step") == 4
+    assert delta("seqserve_queue_duration_seconds_count", model="lstm_step") == 3
+    assert delta("seqserve_compute_duration_seconds_count", model="lstm_step") >= 1
+    assert delta("seqserve_batch_size_sequences_sum", model="lstm_step") == 6
+    ready = {k: v for k, v in after.items() if k[0] == "seqserve_model_ready"}
+    assert (
+        ready[
+            (
+                "seqserve_model_ready",
+                frozenset({"model": "lstm_step", "version": "1", "provider": "CPUExecutionProvider"}.items()),
+            )
+        ]
+        == 1
+    )
+
+
+def test_openapi_document_is_valid(server):
+    spec = server.get("/openapi.json").json()
+    validate(spec)
+    assert "/v1/models/{name}/predict" in spec["paths"]
+    assert "/v2/models/{name}/infer" in spec["paths"]
+    predict = spec["components"]["schemas"]["PredictRequest"]
+    assert predict["required"] == ["sequences"]
+
+
+def test_docs_page_serves_its_own_assets(server):
+    page = server.get("/docs")
+    assert page.status_code == 200
+    assert "/openapi.json" in page.text
+    for asset in ("/docs/static/swagger-ui-bundle.js", "/docs/static/swagger-ui.css"):
+        response = server.get(asset)
+        assert response.status_code == 200, asset
+        assert len(response.content) > 10_000
+    assert "cdn" not in page.text.lower()

@@ -1,0 +1,185 @@
+"""v1 predictions through the real server equal onnxruntime run directly and the PyTorch model."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import CLASS_NAMES, FEATURE_NAMES
+
+CLASSES = sorted(CLASS_NAMES)  # the loader orders label names
+
+LENGTHS = [1, 7, 20, 45, 3]
+
+
+def random_batch(lengths: list[int], seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [(rng.normal(size=(n, len(FEATURE_NAMES))) * 2).astype(np.float32) for n in lengths]
+
+
+def ort_alone(session, sequence: np.ndarray) -> np.ndarray:
+    """The reference: one sequence, alone, no padding, zero initial state."""
+    feeds = {"features": sequence[None], "lengths": np.array([len(sequence)], dtype=np.int64)}
+    for spec in session.get_inputs()[2:]:
+        feeds[spec.name] = np.zeros((spec.shape[0], 1, spec.shape[2]), dtype=np.float32)
+    return session.run(["probabilities"], feeds)[0][0]
+
+
+def torch_alone(model, sequence: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        logits = model(torch.from_numpy(sequence[None]), torch.tensor([len(sequence)]))
+    return torch.softmax(logits, -1)[0].numpy()
+
+
+def predict(server, name: str, sequences: list[np.ndarray], **extra) -> dict:
+    response = server.post(f"/v1/models/{name}/predict", {"sequences": [s.tolist() for s in sequences], **extra})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+@pytest.mark.parametrize("name", ["lstm_step", "gru_last"])
+def test_predictions_equal_onnxruntime_and_pytorch(server, ort_sessions, torch_models, name):
+    sequences = random_batch(LENGTHS)
+    body = predict(server, name, sequences)
+    assert body["model_name"] == name
+    assert body["model_version"] == "1"
+    assert body["classes"] == CLASSES
+    assert len(body["predictions"]) == len(sequences)
+    for seq, pred in zip(sequences, body["predictions"], strict=True):
+        got = np.asarray(pred["probabilities"], dtype=np.float32)
+        expected_ort = ort_alone(ort_sessions[name], seq)
+        expected_torch = torch_alone(torch_models[name], seq)
+        assert got.shape == expected_ort.shape
+        np.testing.assert_allclose(got, expected_ort, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(got, expected_torch, rtol=0, atol=1e-5)
+        best = [CLASSES[i] for i in np.atleast_1d(expected_ort.argmax(-1))]
+        if name == "lstm_step":
+            assert len(pred["labels"]) == len(seq)  # padding stripped: one label per real timestep
+            assert pred["labels"] == best
+        else:
+            assert pred["label"] == best[0]
+
+
+@pytest.mark.parametrize("name", ["lstm_step", "gru_last"])
+def test_mixed_length_batch_equals_one_by_one(server, name):
+    sequences = random_batch([30, 2, 11, 1], seed=3)
+    together = predict(server, name, sequences)["predictions"]
+    for seq, batched in zip(sequences, together, strict=True):
+        alone = predict(server, name, [seq])["predictions"][0]
+        np.testing.assert_allclose(batched["probabilities"], alone["probabilities"], rtol=0, atol=1e-6)
+        assert batched.get("labels", batched.get("label")) == alone.get("labels", alone.get("label"))
+
+
+def test_timesteps_keyed_by_feature_name(server):
+    sequence = random_batch([4], seed=5)[0]
+    as_objects = [[dict(zip(FEATURE_NAMES, step.tolist(), strict=True)) for step in sequence]]
+    response = server.post("/v1/models/lstm_step/predict", {"sequences": as_objects})
+    assert response.status_code == 200, response.text
+    by_name = response.json()
+    by_position = predict(server, "lstm_step", [sequence])
+    assert by_name["predictions"] == by_position["predictions"]
+
+
+@pytest.mark.parametrize(
+    ("outputs", "keys"),
+    [(["labels"], {"labels"}), (["probabilities"], {"probabilities"}), (["logits", "labels"], {"logits", "labels"})],
+)
+def test_output_options(server, outputs, keys):
+    body = predict(server, "lstm_step", random_batch([3]), outputs=outputs)
+    assert set(body["predictions"][0]) == keys
+
+
+def test_logits_softmax_to_probabilities(server):
+    pred = predict(server, "lstm_step", random_batch([6]), outputs=["logits", "probabilities"])["predictions"][0]
+    logits = torch.tensor(pred["logits"])
+    np.testing.assert_allclose(torch.softmax(logits, -1).numpy(), pred["probabilities"], atol=1e-6)
+
+
+def test_explicit_version_path(server):
+    sequence = random_batch([5])
+    latest = predict(server, "lstm_step", sequence)
+    response = server.post("/v1/models/lstm_step/versions/1/predict", {"sequences": [sequence[0].tolist()]})
+    assert response.status_code == 200
+    assert response.json()["predictions"] == latest["predictions"]
+
+
+def test_request_id_is_echoed_generated_and_logged(server):
+    given = server.post(
+        "/v1/models/lstm_step/predict", {"sequences": [[[0.0] * 6]]}, headers={"X-Request-ID": "trace-abc.123"}
+    )
+    assert given.headers["X-Request-ID"] == "trace-abc.123"
+    generated = server.post("/v1/models/lstm_step/predict", {"sequences": [[[0.0] * 6]]})
+    assert re.fullmatch(r"[0-9a-f]{32}", generated.headers["X-Request-ID"])
+    error = server.post("/v1/models/lstm_step/predict", {"sequences": []}, headers={"X-Request-ID": "bad-one"})
+    assert error.json()["error"]["request_id"] == "bad-one"
+    logs = server.logs()
+    assert '"request_id":"trace-abc.123"' in logs
+    assert f'"request_id":"{generated.headers["X-Request-ID"]}"' in logs
+
+
+def _binary_forms(sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+    padded = np.zeros((len(sequences), lengths.max(), len(FEATURE_NAMES)), dtype=np.float32)
+    for i, s in enumerate(sequences):
+        padded[i, : len(s)] = s
+    return padded, lengths
+
+
+@pytest.mark.parametrize("name", ["lstm_step", "gru_last"])
+def test_binary_bodies_answer_as_json_does(server, name):
+    sequences = random_batch([9, 4, 13], seed=7)
+    as_json = predict(server, name, sequences)
+    padded, lengths = _binary_forms(sequences)
+    raw = server.post(
+        f"/v1/models/{name}/predict",
+        data=padded.tobytes(),
+        headers={
+            "Content-Type": "application/octet-stream",
+            "Seqserve-Shape": ",".join(map(str, padded.shape)),
+            "Seqserve-Lengths": ",".join(map(str, lengths)),
+        },
+    )
+    assert raw.status_code == 200, raw.text
+    assert raw.json()["predictions"] == as_json["predictions"]
+    buffer = io.BytesIO()
+    np.save(buffer, padded)
+    npy = server.post(
+        f"/v1/models/{name}/predict?outputs=labels,probabilities",
+        data=buffer.getvalue(),
+        headers={"Content-Type": "application/x-npy", "Seqserve-Lengths": ",".join(map(str, lengths))},
+    )
+    assert npy.status_code == 200, npy.text
+    assert npy.json()["predictions"] == as_json["predictions"]
+
+
+def test_gzip_body(server):
+    sequences = random_batch([8])
+    plain = predict(server, "lstm_step", sequences)
+    import orjson
+
+    zipped = server.post(
+        "/v1/models/lstm_step/predict",
+        data=gzip.compress(orjson.dumps({"sequences": [s.tolist() for s in sequences]})),
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
+    assert zipped.status_code == 200, zipped.text
+    assert zipped.json()["predictions"] == plain["predictions"]
+
+
+def test_model_listing(server):
+    listing = server.get("/v1/models").json()["models"]
+    assert [m["name"] for m in listing] == ["gru_last", "lstm_step"]
+    one = server.get("/v1/models/lstm_step").json()
+    version = one["versions"][0]
+    assert version["state"] == "ready"
+    assert version["provider"] == "CPUExecutionProvider"
+    assert version["classes"] == CLASSES
+    assert version["feature_names"] == list(FEATURE_NAMES)
+    assert version["input_dim"] == len(FEATURE_NAMES)
+    assert version["head"] == "per_timestep"
+    assert server.get("/v1/models/gru_last").json()["versions"][0]["head"] == "last"

@@ -1,0 +1,137 @@
+"""The KServe V2 protocol as the stock tritonclient.http client speaks it: JSON and binary, both directions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tritonclient.http as triton
+from tritonclient.utils import InferenceServerException
+
+from tests.service.test_predict import ort_alone
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    c = triton.InferenceServerClient(server.url.removeprefix("http://"))
+    yield c
+    c.close()
+
+
+def batch(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    lengths = np.array([12, 3, 7], dtype=np.int64)
+    features = rng.normal(size=(3, 12, 6)).astype(np.float32)
+    return features, lengths
+
+
+def test_server_and_model_health(client):
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready("lstm_step")
+    assert client.is_model_ready("gru_last", "1")
+    assert not client.is_model_ready("nope")
+    assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
+
+
+def test_model_metadata_and_config(client):
+    meta = client.get_model_metadata("lstm_step")
+    assert meta["versions"] == ["1"]
+    inputs = {t["name"]: t for t in meta["inputs"]}
+    assert inputs["features"] == {"name": "features", "datatype": "FP32", "shape": [-1, -1, 6]}
+    assert inputs["lengths"]["datatype"] == "INT64"
+    assert {"h0", "c0"} <= set(inputs)  # a unidirectional LSTM can stream
+    assert {t["name"] for t in meta["outputs"]} == {"probabilities", "logits", "hn", "cn"}
+    bidirectional = client.get_model_metadata("gru_last")
+    assert [t["name"] for t in bidirectional["inputs"]] == ["features", "lengths"]
+    config = client.get_model_config("lstm_step")
+    assert config["max_batch_size"] == 0
+    assert config["input"][0] == {"name": "features", "data_type": "TYPE_FP32", "dims": [-1, -1, 6]}
+    assert all(t["optional"] for t in config["input"][1:])
+
+
+@pytest.mark.parametrize("binary_in", [False, True])
+@pytest.mark.parametrize("binary_out", [False, True])
+@pytest.mark.parametrize("name", ["lstm_step", "gru_last"])
+def test_infer_equals_onnxruntime(client, ort_sessions, name, binary_in, binary_out):
+    features, lengths = batch()
+    inputs = [
+        triton.InferInput("features", list(features.shape), "FP32"),
+        triton.InferInput("lengths", list(lengths.shape), "INT64"),
+    ]
+    inputs[0].set_data_from_numpy(features, binary_data=binary_in)
+    inputs[1].set_data_from_numpy(lengths, binary_data=binary_in)
+    outputs = [triton.InferRequestedOutput("probabilities", binary_data=binary_out)]
+    result = client.infer(name, inputs, outputs=outputs, request_id="req-7")
+    assert result.get_response()["id"] == "req-7"
+    probabilities = result.as_numpy("probabilities")
+    for i, length in enumerate(lengths):
+        expected = ort_alone(ort_sessions[name], features[i, :length])
+        got = probabilities[i, :length] if name == "lstm_step" else probabilities[i]
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+
+
+def test_lengths_optional_means_full_length(client, ort_sessions):
+    features, _ = batch(1)
+    inp = triton.InferInput("features", list(features.shape), "FP32")
+    inp.set_data_from_numpy(features)
+    probabilities = client.infer("lstm_step", [inp]).as_numpy("probabilities")
+    for i in range(len(features)):
+        np.testing.assert_allclose(probabilities[i], ort_alone(ort_sessions["lstm_step"], features[i]), atol=1e-5)
+
+
+def test_streaming_state_through_v2(client):
+    """Two chunks with the state carried over equal the whole sequence in one go."""
+    features = np.random.default_rng(2).normal(size=(1, 30, 6)).astype(np.float32)
+
+    def run(chunk: np.ndarray, state: dict[str, np.ndarray]):
+        inputs = []
+        for name, array in {"features": chunk, **state}.items():
+            tensor = triton.InferInput(name, list(array.shape), "FP32")
+            tensor.set_data_from_numpy(array, binary_data=True)
+            inputs.append(tensor)
+        wanted = [triton.InferRequestedOutput(n) for n in ("probabilities", "hn", "cn")]
+        return client.infer("lstm_step", inputs, outputs=wanted)
+
+    whole = run(features, {}).as_numpy("probabilities")
+    first = run(features[:, :18], {})
+    second = run(features[:, 18:], {"h0": first.as_numpy("hn"), "c0": first.as_numpy("cn")})
+    streamed = np.concatenate([first.as_numpy("probabilities"), second.as_numpy("probabilities")], axis=1)
+    np.testing.assert_allclose(streamed, whole, rtol=0, atol=1e-5)
+
+
+def test_v2_error_envelope_through_tritonclient(client):
+    inp = triton.InferInput("features", [1, 2, 5], "FP32")
+    inp.set_data_from_numpy(np.zeros((1, 2, 5), np.float32))
+    with pytest.raises(InferenceServerException, match=r"dimension 2 is 5, expected 6") as raised:
+        client.infer("lstm_step", [inp])
+    assert raised.value.status() == "400"
+    with pytest.raises(InferenceServerException, match="not found") as missing:
+        client.get_model_metadata("nope")
+    assert missing.value.status() == "404"
+
+
+def test_nested_json_data_is_accepted(server):
+    features, _lengths = batch(3)
+    flat = server.post(
+        "/v2/models/lstm_step/infer",
+        {
+            "inputs": [
+                {
+                    "name": "features",
+                    "shape": list(features.shape),
+                    "datatype": "FP32",
+                    "data": features.ravel().tolist(),
+                }
+            ]
+        },
+    )
+    nested = server.post(
+        "/v2/models/lstm_step/infer",
+        {
+            "inputs": [
+                {"name": "features", "shape": list(features.shape), "datatype": "FP32", "data": features.tolist()}
+            ]
+        },
+    )
+    assert flat.status_code == nested.status_code == 200
+    assert flat.json()["outputs"] == nested.json()["outputs"]
