@@ -10,6 +10,7 @@ the path as keys (sequence index, timestep index).
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -51,7 +52,7 @@ class Batch:
 
 def _leaf_types(value: Sequence[Any], depth: int) -> set[type]:
     """Types of the leaves of a list nested `depth` deep, iterated in C. Raises TypeError when an inner level
-    is not iterable (a number where a list belongs); strings and dicts show up as `str` leaves."""
+    is not iterable (a number where a list belongs)."""
     items: Any = value
     for _ in range(depth - 1):
         items = chain.from_iterable(items)
@@ -117,24 +118,30 @@ class SequencesField(fields.Field):
             raise ValidationError(errors)
 
     def _fast(self, value: list[list[Any]]) -> Batch | None:
-        """One C-level pass for the types, one `np.asarray` per batch (or per sequence when lengths differ)."""
+        """C-level passes only: flatten, convert with `array('d')` (which refuses strings, nulls, lists and
+        objects), vectorised checks. Booleans would pass as 0/1, so leaf types are checked exactly whenever a 0 or
+        1 occurs. Anything odd returns None: the slow path says where."""
+        width = len(self.feature_names)
         try:
-            if not _leaf_types(value, 3) <= _NUMBER_TYPES:
+            steps = list(chain.from_iterable(value))
+            if set(map(len, steps)) != {width}:
                 return None
-            lengths = np.fromiter(map(len, value), dtype=np.int64, count=len(value))
-            with np.errstate(over="ignore"):  # values beyond float32 become inf and are located below
-                if (lengths == lengths[0]).all():
-                    features = np.asarray(value, dtype=np.float32)
-                else:
-                    features = np.zeros((len(value), int(lengths.max()), len(self.feature_names)), dtype=np.float32)
-                    for i, seq in enumerate(value):
-                        features[i, : lengths[i]] = seq
+            leaves = list(chain.from_iterable(steps))
+            flat = np.frombuffer(array("d", leaves), dtype=np.float64)
         except (TypeError, ValueError, OverflowError):
             return None
-        if features.ndim != 3 or features.shape[2] != len(self.feature_names):
+        if ((flat == 0) | (flat == 1)).any() and not set(map(type, leaves)) <= _NUMBER_TYPES:
             return None
-        if not np.isfinite(features).all():
+        with np.errstate(over="ignore"):  # beyond float32 becomes inf, located by the slow path
+            rows = flat.astype(np.float32).reshape(-1, width)
+        if not np.isfinite(rows).all():
             return None
+        lengths = np.fromiter(map(len, value), dtype=np.int64, count=len(value))
+        if (lengths == lengths[0]).all():
+            return Batch(rows.reshape(len(value), int(lengths[0]), width), lengths)
+        longest = int(lengths.max())
+        features = np.zeros((len(value), longest, width), dtype=np.float32)
+        features[np.arange(longest)[None, :] < lengths[:, None]] = rows  # row-major: sequence by sequence
         return Batch(features, lengths)
 
     def _slow(self, value: list[list[Any]]) -> Batch:
