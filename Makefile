@@ -100,3 +100,9 @@ image-test:
 	@if ! ls $(SEQSERVE_MODEL_REPOSITORY)/*/*/manifest.json >/dev/null 2>&1; then $(MAKE) demo-model; fi
 	@mkdir -p .image
 	set -o pipefail; bash deploy/image-test.sh 2>&1 | tee .image/image-test.log
+
+# export-test: the compose export flow with podman (train image, export job into a volume folder while the serve-cpu
+# image of image-test polls it, then SIGHUP as the reload). WHEELS=DIR prefers local wheels (a CPU torch) in the build.
+export-test:
+	@mkdir -p .image
+	set -o pipefail; bash deploy/export-test.sh 2>&1 | tee .image/export-test.log

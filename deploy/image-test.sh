@@ -79,7 +79,7 @@ rm -rf "$work/models"
 cp -a "$repository" "$work/models"
 chown -R 10001:10001 "$work/models"
 "${podman[@]}" run -d --name "$name" "${limits[@]}" --read-only --tmpfs /tmp \
-    -p "127.0.0.1:$port:8000" -v "$PWD/$work/models:/models:ro" "$image"
+    -e SEQSERVE_POLL_INTERVAL=2 -p "127.0.0.1:$port:8000" -v "$PWD/$work/models:/models:ro" "$image"
 
 step "GET /ready until 200 (120 s at most)"
 ready=""
@@ -100,6 +100,22 @@ code=$(curl -sS -o "$work/predict.json" -w '%{http_code}' -H 'Content-Type: appl
 cat "$work/predict.json"; echo
 [ "$code" = 200 ] || fail "predict answered $code"
 grep -q '"predictions"' "$work/predict.json" || fail "no predictions"
+
+old=$(ls "$work/models/$model" | grep -E '^[0-9]+$' | sort -n | tail -1)
+new=$((old + 1))
+step "publish $model/$new into the mounted repository while predictions keep coming (the container polls every 2 s)"
+# As `python -m export` publishes: a hidden folder first, then one rename. The copy gets its number in the manifest.
+publish_copy() {
+    local dir="$1" old="$2" new="$3"
+    cp -a "$dir/$old" "$dir/.tmp-image-test"
+    python3 -c 'import json, sys; p, v = sys.argv[1:]; m = json.load(open(p)); m["version"] = int(v); json.dump(m, open(p, "w"))' \
+        "$dir/.tmp-image-test/manifest.json" "$new"
+    chown -R 10001:10001 "$dir/.tmp-image-test"
+    mv "$dir/.tmp-image-test" "$dir/$new"
+}
+export -f publish_copy
+python3 deploy/switch_check.py --url "http://127.0.0.1:$port" --model "$model" --expect "$new" -- \
+    bash -c 'publish_copy "$@"' publish "$work/models/$model" "$old" "$new" || fail "new version"
 
 step "HEALTHCHECK (podman healthcheck run)"
 "${podman[@]}" healthcheck run "$name" && echo healthy || fail "unhealthy"
