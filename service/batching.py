@@ -1,11 +1,13 @@
 """Adaptive batching across requests, per model version and worker (Triton's dynamic batcher, MLServer's adaptive
 batching), with variable-length sequences merged into one padded run.
 
-No fixed window when idle: a request that finds the model free runs at once. Requests that arrive while it is
-busy queue up and are merged into the next run: the oldest request picks a length bucket (powers of two of its
-longest sequence), and queued requests of the same bucket join it up to `max_sequences` sequences and `max_cells`
-padded timesteps. A request is never split. With `max_queue_delay` > 0 a run that is not full waits that long, from
-its oldest request's arrival, for company. The queue is bounded: when full, `submit` raises `Overloaded` at once.
+No fixed window and no batching thread: a request that finds the model free runs at once, in its own thread, so
+an idle model pays nothing for batching. Requests that arrive while it is busy queue up. When a run ends, its
+thread hands the model to the oldest queued request (leader/follower), whose thread merges what has queued into
+the next run: the oldest request picks a length bucket (powers of two of its longest sequence) and queued requests
+of the same bucket join it, up to `max_sequences` sequences and `max_cells` padded timesteps. A request is never
+split. With `max_queue_delay` > 0 a run that is not full waits that long, from its oldest request's arrival, for
+company. The queue is bounded: when full, `submit` raises `Overloaded` at once.
 
 Merging pads features along time and concatenates every tensor along its batch axis; the outputs are cut back per
 request (batch rows, and time up to that request's own longest sequence), so a request gets exactly the arrays an
@@ -47,10 +49,11 @@ class _Work:
     steps: int
     bucket: tuple[int, frozenset[str]]  # only requests with the same length bucket and input names merge
     enqueued: float = field(default_factory=time.perf_counter)
-    done: threading.Event = field(default_factory=threading.Event)
+    signal: threading.Event = field(default_factory=threading.Event)  # finished, or promoted to leader
+    finished: bool = False
+    promoted: bool = False
     outputs: Arrays | None = None
     error: BaseException | None = None
-    cancelled: bool = False
 
 
 def bucket_of(steps: int) -> int:
@@ -78,11 +81,8 @@ class AdaptiveBatcher:
         self.observer = observer or BatchObserver()
         self._queue: deque[_Work] = deque()
         self._cond = threading.Condition()
+        self._busy = False  # a leader is running (or about to run) the model
         self._stopped = False
-        self._thread = threading.Thread(
-            target=self._loop, name=f"batcher-{manifest.name}-{manifest.version}", daemon=True
-        )
-        self._thread.start()
 
     def submit(self, inputs: Arrays) -> Arrays:
         features = inputs["features"]
@@ -95,74 +95,78 @@ class AdaptiveBatcher:
                 self.observer.rejected()
                 raise Overloaded(f"model queue is full ({self.max_queue} requests waiting); retry shortly")
             self._queue.append(work)
-            self._cond.notify()
-        if not work.done.wait(self.timeout):
-            work.cancelled = True
-            raise Timeout(f"inference did not finish within {self.timeout:g} s")
+            lead, self._busy = not self._busy, True
+            if self.max_queue_delay > 0:
+                self._cond.notify_all()  # a leader may be waiting for company
+        if lead or self._follow(work):
+            self._lead()
         if work.error is not None:
             raise work.error
         assert work.outputs is not None
         return work.outputs
 
     def stop(self) -> None:
+        """Refuse new requests; those already queued still run."""
         with self._cond:
             self._stopped = True
-            self._cond.notify_all()
-        self._thread.join(timeout=5)
 
-    # ---------------------------------------------------------------------------------------------- loop
+    # -------------------------------------------------------------------------------------- leader/follower
 
-    def _loop(self) -> None:
-        while True:
+    def _follow(self, work: _Work) -> bool:
+        """Wait until a leader has run this request (False) or hands the model to it (True)."""
+        if not work.signal.wait(self.timeout):
             with self._cond:
-                while not self._queue and not self._stopped:
-                    self._cond.wait()
-                if self._stopped and not self._queue:
-                    return
-                try:
-                    group = self._take()
-                except Exception as exc:  # never let the thread die with requests waiting on it
-                    log.exception("batch selection failed")
-                    group = [self._queue.popleft()]
-                    self._fail(group, exc)
-                    continue
-            if group:
-                self._execute(group)
+                if not work.signal.is_set() and any(w is work for w in self._queue):
+                    self._queue.remove(work)
+                    raise Timeout(f"inference did not start within {self.timeout:g} s")
+            work.signal.wait()  # already running: its result is moments away
+        return work.promoted and not work.finished
 
-    @staticmethod
-    def _fail(group: list[_Work], exc: BaseException) -> None:
-        for work in group:
-            work.error = exc
-            work.done.set()
+    def _lead(self) -> None:
+        """Run one merged batch (it always holds the oldest request, this thread's own), then hand over."""
+        with self._cond:
+            if self.max_queue_delay > 0:
+                self._wait_for_company()
+            group = self._take()
+        try:
+            self._execute(group)
+        finally:
+            with self._cond:
+                if self._queue:
+                    head = self._queue[0]
+                    head.promoted = True
+                    head.signal.set()
+                else:
+                    self._busy = False
+
+    def _wait_for_company(self) -> None:
+        head = self._queue[0]
+        deadline = head.enqueued + self.max_queue_delay
+        while not self._full(head) and (wait := deadline - time.perf_counter()) > 0:
+            self._cond.wait(wait)
 
     def _take(self) -> list[_Work]:
-        """The oldest request and the queued requests of its length bucket that fit (lock held)."""
+        """The oldest request and the queued requests of its length bucket that fit (lock held). Whole queue
+        scan, removal by rebuilding: the queue is short (bounded by max_queue)."""
         head = self._queue[0]
-        if self.max_queue_delay > 0:
-            deadline = head.enqueued + self.max_queue_delay
-            while not self._full(head) and (wait := deadline - time.perf_counter()) > 0 and not self._stopped:
-                self._cond.wait(wait)
-        group, sequences, longest = [], 0, 0
-        for work in list(self._queue):
-            if work.cancelled:
-                self._queue.remove(work)
-                continue
-            if work.bucket != head.bucket and group:
-                continue
+        group, rest, sequences, longest = [], deque(), 0, 0
+        for work in self._queue:
             new_longest = max(longest, work.steps)
-            if group and (
-                sequences + work.sequences > self.max_sequences
-                or (sequences + work.sequences) * new_longest > self.max_cells
-            ):
-                continue
-            group.append(work)
-            sequences, longest = sequences + work.sequences, new_longest
-            self._queue.remove(work)
+            fits = not group or (
+                work.bucket == head.bucket
+                and sequences + work.sequences <= self.max_sequences
+                and (sequences + work.sequences) * new_longest <= self.max_cells
+            )
+            if fits:
+                group.append(work)
+                sequences, longest = sequences + work.sequences, new_longest
+            else:
+                rest.append(work)
+        self._queue = rest
         return group
 
     def _full(self, head: _Work) -> bool:
-        same = [w for w in self._queue if w.bucket == head.bucket]
-        return sum(w.sequences for w in same) >= self.max_sequences
+        return sum(w.sequences for w in self._queue if w.bucket == head.bucket) >= self.max_sequences
 
     def _execute(self, group: list[_Work]) -> None:
         started = time.perf_counter()
@@ -177,12 +181,13 @@ class AdaptiveBatcher:
                 group[0].outputs = outputs
             else:
                 self._split(group, outputs)
-        except Exception as exc:  # every waiter must hear about it; the loop goes on
+        except Exception as exc:  # every request of the run hears about it
             log.exception("batched inference failed")
-            self._fail(group, exc)
-            return
+            for work in group:
+                work.error = exc
         for work in group:
-            work.done.set()
+            work.finished = True
+            work.signal.set()
 
     def _merge(self, group: list[_Work]) -> Arrays:
         merged: Arrays = {}

@@ -4,6 +4,7 @@ one error handler (v1 envelope `{"error": {"code", "message", "details"}}`, V2 e
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -28,19 +29,25 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     return Response(payload, status=status, headers=headers, mimetype="application/json")
 
 
+@lru_cache(maxsize=4096)
+def path_params(name: str, version: str | None = None) -> tuple[str, int | None]:
+    """The path parameters, validated by their marshmallow schema once per distinct value (errors are not cached)."""
+    params = load(_path_schema, {"name": name} if version is None else {"name": name, "version": version}, BadRequest)
+    return params["name"], params["version"]
+
+
 def resolve_model(name: str, version: str | None = None) -> ModelVersion:
     """Validate the path parameters, then find the version (404 unknown, 503 not ready)."""
-    params = load(_path_schema, {"name": name} if version is None else {"name": name, "version": version}, BadRequest)
-    model = dataplane().get(params["name"], params["version"])
+    model = dataplane().get(*path_params(name, version))
     g.model_name = model.name
     return model
 
 
 def model_versions(name: str) -> list[ModelVersion]:
     """Every version of a model, whatever its state (404 when unknown)."""
-    params = load(_path_schema, {"name": name}, BadRequest)
-    versions = dataplane().versions(params["name"])
-    g.model_name = params["name"]
+    name, _ = path_params(name)
+    versions = dataplane().versions(name)
+    g.model_name = name
     return versions
 
 

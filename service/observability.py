@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
+import logging.handlers
+import queue
 import re
 import sys
 import time
@@ -36,17 +39,35 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+class _Handoff(logging.handlers.QueueHandler):
+    """Hands records to the writer thread as they are: formatting and the write happen there, so request threads
+    never queue behind each other on the stream's lock."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record
+
+
+_listener: logging.handlers.QueueListener | None = None
+
+
 def configure_logging(level: str) -> None:
-    formatter = JsonFormatter()
-    formatter.converter = time.gmtime
+    """JSON lines on stderr, written by one background thread (stopped and flushed at exit)."""
+    global _listener
+    if _listener is not None:
+        _listener.stop()
     root = logging.getLogger()
     for handler in list(root.handlers):
-        if getattr(handler, "_seqserve", False):
+        if isinstance(handler, _Handoff):
             root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(formatter)
-    handler._seqserve = True  # type: ignore[attr-defined]
-    root.addHandler(handler)
+    formatter = JsonFormatter()
+    formatter.converter = time.gmtime
+    writer = logging.StreamHandler(sys.stderr)
+    writer.setFormatter(formatter)
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    _listener = logging.handlers.QueueListener(records, writer)
+    _listener.start()
+    atexit.register(_listener.stop)
+    root.addHandler(_Handoff(records))
     root.setLevel(level.upper())
 
 
