@@ -98,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     except (parity.ParityError, ValueError) as exc:
         log.error("%s", exc)
         return 1
+    except Exception as exc:  # the exporter's own failures (e.g. an opset it cannot target): nothing was published
+        log.error("export failed, nothing was published: %s: %s", type(exc).__name__, exc)
+        return 1
     log.info("published %s version %d at %s", args.name, version, path)
     return 0
 

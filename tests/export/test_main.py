@@ -97,3 +97,12 @@ def test_cli_refuses_a_bad_name(tmp_path, caplog):
     assert "model name '../up'" in caplog.text
     assert not (tmp_path / "up").exists()
     assert not (tmp_path / "r").exists()
+
+
+def test_cli_exporter_failure_exits_1_with_a_message(tmp_path, caplog):
+    run_dir = write_run(tmp_path / "run", seq_len=4, cell="lstm", hidden_size=4)
+    with caplog.at_level(logging.ERROR, logger="export"):
+        code = main([str(run_dir), "--repository", str(tmp_path / "r"), "--name", "m", "--opset", "99"])
+    assert code == 1
+    assert "export failed, nothing was published" in caplog.text
+    assert list((tmp_path / "r" / "m").iterdir()) == []
