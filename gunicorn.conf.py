@@ -32,6 +32,20 @@ def on_starting(server):
     os.makedirs(_metrics_dir, exist_ok=True)
 
 
+def on_reload(server):
+    # After SIGHUP the master spawns new workers and stops the old ones at once: new workers must not take
+    # requests before their models are loaded, or clients would see 503s. Meanwhile connections wait in the
+    # listen backlog. (Not at first start: then /ready tells the orchestrator when to send traffic.)
+    os.environ["GUNICORN_RELOADED_SEQSERVE"] = "1"
+
+
+def post_worker_init(worker):
+    if os.environ.get("GUNICORN_RELOADED_SEQSERVE") == "1":
+        from service import wait_loaded
+
+        wait_loaded(worker.wsgi, timeout=max(timeout - 5, 1))
+
+
 def child_exit(server, worker):
     from prometheus_client import multiprocess
 

@@ -33,3 +33,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         app.register_blueprint(blueprint)
     plane.start()
     return app
+
+
+def wait_loaded(app: Flask, timeout: float | None = None) -> bool:
+    """Block until the app's first repository scan is done (gunicorn.conf.py uses it on reload)."""
+    plane: DataPlane = app.extensions["seqserve"]
+    return plane.wait_loaded(timeout)

@@ -73,7 +73,7 @@ class DataPlane:
         self._models: dict[str, dict[int, ModelVersion]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._scanned = False
+        self._first_scan = threading.Event()
         self.install_problems = install_problems()
         for problem in self.install_problems:
             log.error("broken onnxruntime install: %s", problem)
@@ -81,6 +81,10 @@ class DataPlane:
 
     def start(self) -> None:
         self._thread.start()
+
+    def wait_loaded(self, timeout: float | None = None) -> bool:
+        """Block until the first repository scan has loaded (or failed) every version found."""
+        return self._first_scan.wait(timeout)
 
     def stop(self) -> None:
         self._stop.set()
@@ -113,7 +117,7 @@ class DataPlane:
             self._load(version)
         for name, number in sorted(known - found.keys()):
             self._unload(name, number)
-        self._scanned = True
+        self._first_scan.set()
 
     def _load(self, version: ModelVersion) -> None:
         entry = VersionDir(version.name, version.version, version.path)
@@ -186,7 +190,7 @@ class DataPlane:
     def versions(self, name: str) -> list[ModelVersion]:
         with self._lock:
             versions = self._models.get(name)
-            if not versions and not self._scanned:
+            if not versions and not self._first_scan.is_set():
                 raise NotReady("the model repository is still being scanned; retry shortly")
             if not versions:
                 raise NotFound(f"model {name!r} not found; available: {sorted(self._models)}")
@@ -214,7 +218,7 @@ class DataPlane:
             }
             states = [v.state for v in self._all()]
         problems = list(self.install_problems)
-        if not self._scanned:
+        if not self._first_scan.is_set():
             problems.append("model repository not scanned yet")
         elif not self.root.is_dir():
             problems.append(f"model repository {str(self.root)!r} does not exist")

@@ -1,7 +1,8 @@
 """Typed settings, read once inside the app factory from `SEQSERVE_*` environment variables (or a mapping).
 
-Every field maps to one variable: `max_sequences` <- `SEQSERVE_MAX_SEQUENCES`. `bind`, `workers`, `threads` and
-`timeout` are gunicorn's (read by gunicorn.conf.py); the app knows `workers` to split the CPU between them.
+Every field maps to one variable: `max_sequences` <- `SEQSERVE_MAX_SEQUENCES`. `bind`, `workers`, `threads`,
+`timeout`, `graceful_timeout` and `keepalive` are gunicorn's (read by gunicorn.conf.py); they are listed here so
+that a misspelt variable is an error, and the app knows `workers` to split the CPU threads between them.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class Settings:
     workers: int = 1
     threads: int = 16
     timeout: int = 60
+    graceful_timeout: int = 30
+    keepalive: int = 75
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDERS:

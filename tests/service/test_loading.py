@@ -178,3 +178,38 @@ def test_settings_come_from_the_prefixed_environment():
         Settings.from_mapping({"BATCHING": "maybe"})
     with pytest.raises(ValueError, match="SEQSERVE_PROVIDER"):
         Settings.from_mapping({"PROVIDER": "tpu"})
+
+
+def test_sighup_reload_serves_new_versions_without_failed_requests(model_repository, trained_runs, tmp_path):
+    """SIGHUP replaces the workers; the new ones load their models before they take a request."""
+    import signal
+
+    from export.__main__ import export_run
+
+    repo = copy_repository(model_repository, tmp_path / "repo")
+    server = start_server(repo, tmp_path / "log", workers=2)
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        while not stop.is_set():
+            statuses.append(server.post("/v1/models/lstm_step/predict", ONE).status_code)
+
+    thread = threading.Thread(target=traffic)
+    thread.start()
+    try:
+        assert export_run(trained_runs["lstm_step"], repo, "lstm_step")[0] == 2
+        time.sleep(0.5)
+        assert server.post("/v1/models/lstm_step/predict", ONE).json()["model_version"] == "1"  # no polling
+        server.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        while server.post("/v1/models/lstm_step/predict", ONE).json()["model_version"] != "2":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        time.sleep(1.0)  # the old workers are gone by now; traffic went on throughout
+    finally:
+        stop.set()
+        thread.join()
+        assert server.stop() == 0
+    assert len(statuses) > 10
+    assert set(statuses) == {200}
