@@ -130,8 +130,9 @@ STOPSIGNAL SIGTERM
 ENTRYPOINT ["gunicorn", "--config", "gunicorn.conf.py", "service:create_app()"]
 
 # ---------------------------------------------------------------------------------------------------------------
-# train: trains and exports into the model repository; same uid as the serve images, so that the service can read
-# the versions it publishes (export writes them owner-only).
+# train: trains and exports into the model repository. Same uid as the serve images: Docker gives a new named
+# volume the owner of the image's /models, so the job can write where the service reads, and what it writes
+# belongs to the service's user.
 FROM ${PYTHON_BASE} AS train
 RUN groupadd --gid 10001 seqserve \
     && useradd --uid 10001 --gid 10001 --home-dir /app --no-create-home --shell /usr/sbin/nologin seqserve \

@@ -74,7 +74,8 @@ else
 fi
 
 step "run $image on 127.0.0.1:$port, $repository mounted read-only at /models, read-only root filesystem"
-# The repository is copied and given to uid 10001, as on a real volume: export writes versions owner-only.
+# The repository is copied and given to uid 10001, as a volume filled by the export job would be (a local
+# repository may hold root-only folders from older exports).
 rm -rf "$work/models"
 cp -a "$repository" "$work/models"
 chown -R 10001:10001 "$work/models"
