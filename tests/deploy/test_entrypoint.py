@@ -13,7 +13,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import sysconfig
 import time
 import urllib.error
@@ -24,6 +23,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 from tests.deploy.dockerfile import Stage, parse
+from tests.deploy.tools import deploy_module
 
 IMAGE_VENV = "/opt/venv"
 REQUEST = {"sequences": [[[0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]]]}
@@ -146,11 +146,7 @@ def wait_ready(base: str, process: subprocess.Popen[bytes], log: Path, timeout: 
 
 
 def test_healthcheck_reads_the_bind_address() -> None:
-    sys.path.insert(0, str(REPO_ROOT / "deploy"))
-    try:
-        from healthcheck import probe_url
-    finally:
-        sys.path.pop(0)
+    probe_url = deploy_module("healthcheck").probe_url
     assert probe_url("0.0.0.0:8000", "/ready") == "http://127.0.0.1:8000/ready"
     assert probe_url("127.0.0.1:19001,[::]:19002", "/ready") == "http://127.0.0.1:19001/ready"
     assert probe_url("[::]:8080", "/ready") == "http://127.0.0.1:8080/ready"

@@ -15,7 +15,7 @@ import yaml
 from service.settings import Settings
 from tests.conftest import REPO_ROOT
 from tests.deploy.dockerfile import parse
-from tests.deploy.tools import COMPOSE_FILES, K8S_DIR, compose_model
+from tests.deploy.tools import COMPOSE_FILES, K8S_DIR, compose_model, deploy_module
 
 PREFIX = "SEQSERVE_"
 STAGES = parse(REPO_ROOT / "Dockerfile")
@@ -94,13 +94,7 @@ def test_images_install_the_pins_of_pyproject() -> None:
 
 
 def test_requirements_of_each_extra() -> None:
-    import sys
-
-    sys.path.insert(0, str(REPO_ROOT / "deploy"))
-    try:
-        from requirements import requirements
-    finally:
-        sys.path.pop(0)
+    requirements = deploy_module("requirements").requirements
     pyproject = REPO_ROOT / "pyproject.toml"
     cpu = requirements(pyproject, ["cpu"])
     gpu = requirements(pyproject, ["gpu"], strip_extras=True)

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sysconfig
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -22,6 +23,16 @@ K8S_CORE = sorted(K8S_DIR.glob("*.yaml")) + sorted(K8S_DIR.glob("jobs/*.yaml"))
 K8S_KSERVE = sorted(K8S_DIR.glob("kserve/*.yaml"))
 # The oldest Kubernetes release still maintained when this was written, and the newest that kubernetes-validate knows.
 K8S_VERSIONS = ("1.33.0", "1.37.0")
+
+
+def deploy_module(name: str) -> ModuleType:
+    """A script of deploy/ (not a package) imported as a module, for testing its functions."""
+    spec = importlib.util.spec_from_file_location(f"deploy_{name}", REPO_ROOT / "deploy" / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def script(name: str, package: str) -> Path:
