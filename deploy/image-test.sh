@@ -6,6 +6,7 @@
 #   REPOSITORY  model repository to mount (default: $SEQSERVE_MODEL_REPOSITORY or model_repository)
 #   BASE        the Python 3.11 base image (default: a Debian bookworm one built by deploy/base-image.sh)
 #   PORT        host port on 127.0.0.1 (default 19080)
+#   NO_CACHE=1  build every layer again (podman build --no-cache)
 set -euo pipefail
 
 repository="${REPOSITORY:-${SEQSERVE_MODEL_REPOSITORY:-model_repository}}"
@@ -47,7 +48,9 @@ fi
 
 step "podman build --target serve-cpu --build-arg PYTHON_BASE=$base -t $image"
 start=$(date +%s)
-"${podman[@]}" build --format docker "${limits[@]}" "${build_mounts[@]}" --target serve-cpu \
+cache=()
+[ "${NO_CACHE:-0}" = 1 ] && cache=(--no-cache)
+"${podman[@]}" build --format docker "${cache[@]}" "${limits[@]}" "${build_mounts[@]}" --target serve-cpu \
     --build-arg "PYTHON_BASE=$base" -t "$image" .
 echo "built in $(($(date +%s) - start)) s; size $("${podman[@]}" image inspect --format '{{.Size}}' "$image") bytes"
 
