@@ -1,8 +1,15 @@
 """gunicorn settings for `gunicorn --config gunicorn.conf.py 'service:create_app()'`, from SEQSERVE_* variables.
 
-gthread workers: onnxruntime releases the GIL, so threads overlap request parsing with inference, and the
-adaptive batcher merges what the threads of one worker bring. No `preload_app`: onnxruntime sessions (and any
-CUDA context) must be created in each worker after the fork, not inherited (benoitc/gunicorn#1891).
+Worker class, chosen by measurement (docs/benchmarks.md): gevent. One OS thread per worker, a greenlet per
+connection, and onnxruntime calls handed to gevent's pool of real threads (service/concurrency.py), so requests
+keep being parsed and queued while a model computes; the adaptive batcher merges what queued. On the 2-core
+development machine this used ~30 % less CPU per small request than gthread (where 16 threads per worker fight
+over the GIL) and twice the throughput with batching on a 128-unit LSTM at 32 clients. `SEQSERVE_WORKER_CLASS=
+gthread` (with `SEQSERVE_THREADS`) is the alternative. One worker per core by default, each onnxruntime session
+with cores/workers intra-op threads.
+
+No `preload_app`: onnxruntime sessions (and any CUDA context) must be created in each worker after the fork, not
+inherited (benoitc/gunicorn#1891).
 """
 
 import os
@@ -12,11 +19,15 @@ import tempfile
 bind = os.environ.get("SEQSERVE_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("SEQSERVE_WORKERS", "0")) or min(os.cpu_count() or 1, 4)
 os.environ["SEQSERVE_WORKERS"] = str(workers)  # the app splits the CPU threads between workers
-worker_class = "gthread"
-threads = int(os.environ.get("SEQSERVE_THREADS", "16"))
+worker_class = os.environ.get("SEQSERVE_WORKER_CLASS", "gevent")
+worker_connections = int(os.environ.get("SEQSERVE_WORKER_CONNECTIONS", "1000"))  # gevent: per worker
+threads = int(os.environ.get("SEQSERVE_THREADS", "16"))  # gthread only
 timeout = int(os.environ.get("SEQSERVE_TIMEOUT", "60"))
 graceful_timeout = int(os.environ.get("SEQSERVE_GRACEFUL_TIMEOUT", "30"))
-keepalive = int(os.environ.get("SEQSERVE_KEEPALIVE", "75"))  # above common load-balancer idle timeouts
+# Idle keep-alive connections stay open this long. Under gevent it is also how long an idle client connection
+# can hold up a graceful stop; behind a load balancer that reuses connections, set it above the balancer's idle
+# timeout (and SEQSERVE_GRACEFUL_TIMEOUT above that).
+keepalive = int(os.environ.get("SEQSERVE_KEEPALIVE", "5"))
 backlog = 2048
 preload_app = False
 accesslog = None  # the app logs each request as JSON, with its request id

@@ -6,6 +6,7 @@ without CUDA), so the provider actually active is read back from the session and
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from importlib import metadata
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from service.concurrency import offload
 from service.repository import Manifest
 
 log = logging.getLogger(__name__)
@@ -70,7 +72,11 @@ class ModelRuntime:
         self.requested = requested_providers(preference)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            self.session = ort.InferenceSession(str(path / manifest.onnx_file), options, providers=self.requested)
+            self.session = offload(
+                functools.partial(
+                    ort.InferenceSession, str(path / manifest.onnx_file), options, providers=self.requested
+                )
+            )
         for w in caught:
             log.warning("onnxruntime: %s", w.message)
         self.provider = self.session.get_providers()[0]
@@ -98,7 +104,7 @@ class ModelRuntime:
             if name not in feeds:
                 shape = [batch if d == "batch" else d for d in spec.shape]
                 feeds[name] = np.zeros(shape, dtype=np.float32)
-        return dict(zip(self.output_names, self.session.run(self.output_names, feeds), strict=True))
+        return dict(zip(self.output_names, offload(self.session.run, self.output_names, feeds), strict=True))
 
     def warmup(self, timesteps: int) -> None:
         """Run the shapes that first requests will bring, so the first user does not pay for allocation."""

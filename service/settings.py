@@ -44,7 +44,9 @@ class Settings:
     threads: int = 16
     timeout: int = 60
     graceful_timeout: int = 30
-    keepalive: int = 75
+    worker_class: str = "gevent"
+    worker_connections: int = 1000
+    keepalive: int = 5
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDERS:

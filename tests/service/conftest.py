@@ -48,6 +48,7 @@ class Server:
         return self.log.read_text(errors="replace")
 
     def stop(self) -> int:
+        self.session.close()  # idle keep-alive connections would hold a graceful stop for the keep-alive timeout
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
