@@ -13,6 +13,7 @@ inherited (benoitc/gunicorn#1891).
 """
 
 import os
+import pathlib
 import shutil
 import tempfile
 
@@ -33,14 +34,17 @@ preload_app = False
 accesslog = None  # the app logs each request as JSON, with its request id
 errorlog = "-"
 loglevel = os.environ.get("SEQSERVE_LOG_LEVEL", "info").lower()
-# Workers write Prometheus samples into a shared folder; a fresh one per server start.
+# Workers write Prometheus samples, and their readiness, into shared folders; fresh ones per server start.
 _metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="seqserve-metrics-")
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+_state_dir = os.environ.get("SEQSERVE_STATE_DIR") or tempfile.mkdtemp(prefix="seqserve-state-")
+os.environ["SEQSERVE_STATE_DIR"] = _state_dir
 
 
 def on_starting(server):
-    shutil.rmtree(_metrics_dir, ignore_errors=True)
-    os.makedirs(_metrics_dir, exist_ok=True)
+    for folder in (_metrics_dir, _state_dir):
+        shutil.rmtree(folder, ignore_errors=True)
+        os.makedirs(folder, exist_ok=True)
 
 
 def on_reload(server):
@@ -61,3 +65,5 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+    # Its readiness no longer counts (service/workers.py; not imported here: the master stays free of the app).
+    pathlib.Path(_state_dir, f"worker-{worker.pid}").unlink(missing_ok=True)

@@ -26,6 +26,7 @@ from service.repository import LoadError, Manifest, VersionDir, read_manifest, s
 from service.runtime import CUDA, ModelRuntime, install_problems
 from service.schemas import predict_schema
 from service.settings import Settings
+from service.workers import WorkerBoard
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class DataPlane:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._first_scan = threading.Event()
+        self._workers = WorkerBoard(settings.state_dir, settings.workers)
         self.install_problems = install_problems()
         for problem in self.install_problems:
             log.error("broken onnxruntime install: %s", problem)
@@ -118,6 +120,7 @@ class DataPlane:
         for name, number in sorted(known - found.keys()):
             self._unload(name, number)
         self._first_scan.set()
+        self._workers.publish(self._own_readiness()[0])
 
     def _load(self, version: ModelVersion) -> None:
         entry = VersionDir(version.name, version.version, version.path)
@@ -212,11 +215,24 @@ class DataPlane:
         return chosen
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready when the first scan is done and every model has a ready version (every version, with
+        `strict_readiness`), in this worker and in every other worker of the server. A broken new version
+        of a served model is reported but does not take the service out of rotation."""
+        ready, report = self._own_readiness()
+        workers = self._workers.status()
+        if workers is not None:
+            report["workers"] = workers
+            if workers["ready"] < workers["expected"]:
+                report["problems"].append(f"{workers['ready']} of {workers['expected']} workers ready")
+                ready = report["ready"] = False
+        return ready, report
+
+    def _own_readiness(self) -> tuple[bool, dict[str, Any]]:
         with self._lock:
             models = {
                 name: [v.describe() for v in versions.values()] for name, versions in sorted(self._models.items())
             }
-            states = [v.state for v in self._all()]
+            states = {name: [v.state for v in versions.values()] for name, versions in self._models.items()}
         problems = list(self.install_problems)
         if not self._first_scan.is_set():
             problems.append("model repository not scanned yet")
@@ -224,7 +240,12 @@ class DataPlane:
             problems.append(f"model repository {str(self.root)!r} does not exist")
         elif not states:
             problems.append(f"model repository {str(self.root)!r} holds no model versions")
-        ready = not problems and all(s is State.READY for s in states)
+        for name, model_states in sorted(states.items()) if self._first_scan.is_set() else ():
+            if self.settings.strict_readiness and any(s is not State.READY for s in model_states):
+                problems.append(f"model {name!r}: not every version is ready (strict readiness)")
+            elif not any(s is State.READY for s in model_states):
+                problems.append(f"model {name!r} has no ready version")
+        ready = not problems
         return ready, {"ready": ready, "problems": problems, "models": models}
 
     # -------------------------------------------------------------------------------------------- infer

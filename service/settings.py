@@ -25,6 +25,8 @@ class Settings:
     intra_op_threads: int = 0  # 0: cores / workers
     warmup_timesteps: int = 100
     poll_interval: float = 0.0  # seconds between repository scans; 0: load once at start
+    strict_readiness: bool = False  # ready only when every version is; default: every model has a ready version
+    state_dir: str = ""  # shared by the workers of one server (gunicorn.conf.py sets it): readiness across workers
     # request limits
     max_body_bytes: int = 64 * 1024 * 1024
     max_sequences: int = 1024

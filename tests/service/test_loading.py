@@ -17,6 +17,18 @@ from tests.service.conftest import start_server
 ONE = {"sequences": [[[0.1, 0.2, 0.3, 0.4, 0.5, 0.6]] * 3]}
 
 
+def settled(server, timeout: float = 60) -> dict:
+    """The /ready report once the first repository scan is over (every version loaded or failed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        report = server.get("/ready").json()
+        loading = [v for versions in report["models"].values() for v in versions if v["state"] == "loading"]
+        if "model repository not scanned yet" not in report["problems"] and not loading:
+            return report
+        assert time.monotonic() < deadline, report
+        time.sleep(0.1)
+
+
 def copy_repository(source: Path, target: Path) -> Path:
     shutil.copytree(source, target)
     return target
@@ -39,7 +51,7 @@ def test_ready_is_503_until_models_are_warm(model_repository, tmp_path):
         not_ready = seen[0][1]
         assert not_ready["ready"] is False
         states = {v["state"] for versions in not_ready["models"].values() for v in versions}
-        assert "loading" in states or not_ready["problems"] == ["model repository not scanned yet"]
+        assert "loading" in states or "model repository not scanned yet" in not_ready["problems"]
         assert server.get("/health").status_code == 200  # alive all along
     finally:
         assert server.stop() == 0
@@ -57,10 +69,7 @@ def test_cuda_fallback_is_reported_and_can_make_the_service_not_ready(model_repo
         model_repository, tmp_path / "strict", wait_ready=False, workers=1, provider="cuda", require_gpu="true"
     )
     try:
-        deadline = time.monotonic() + 60
-        while (report := strict.get("/ready").json())["problems"] == ["model repository not scanned yet"]:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        report = settled(strict)
         assert strict.get("/ready").status_code == 503
         reasons = [v["reason"] for versions in report["models"].values() for v in versions]
         assert reasons
@@ -78,10 +87,7 @@ def test_a_model_that_fails_to_load_does_not_take_the_others_down(model_reposito
     onnx_file.write_bytes(onnx_file.read_bytes()[:-10] + b"corrupted!")
     server = start_server(repo, tmp_path / "log", wait_ready=False, workers=1)  # one worker: one view of the state
     try:
-        deadline = time.monotonic() + 60
-        while (report := server.get("/ready").json())["problems"]:  # until the first scan is complete
-            assert time.monotonic() < deadline, report
-            time.sleep(0.1)
+        report = settled(server)
         assert server.get("/ready").status_code == 503  # strict readiness, as Triton's default
         assert report["models"]["gru_last"][0]["state"] == "failed"
         assert report["models"]["lstm_step"][0]["state"] == "ready"
@@ -133,10 +139,7 @@ def test_empty_or_missing_repository_is_not_ready(tmp_path):
     for repo, problem in ((tmp_path / "empty", "holds no model versions"), (tmp_path / "absent", "does not exist")):
         server = start_server(repo, tmp_path / f"{repo.name}.log", wait_ready=False)
         try:
-            deadline = time.monotonic() + 30
-            while (report := server.get("/ready").json())["problems"] == ["model repository not scanned yet"]:
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+            report = settled(server)
             assert server.get("/ready").status_code == 503
             assert problem in report["problems"][0]
         finally:
@@ -213,3 +216,41 @@ def test_sighup_reload_serves_new_versions_without_failed_requests(model_reposit
         assert server.stop() == 0
     assert len(statuses) > 10
     assert set(statuses) == {200}
+
+
+def test_a_broken_new_version_is_reported_but_keeps_the_service_ready(model_repository, tmp_path):
+    repo = copy_repository(model_repository, tmp_path / "repo")
+    shutil.copytree(repo / "lstm_step" / "1", repo / "lstm_step" / "2")  # manifest says version 1: refused
+    lenient = start_server(repo, tmp_path / "lenient", workers=1)
+    try:
+        report = settled(lenient)
+        assert lenient.get("/ready").status_code == 200
+        states = {v["version"]: v for v in report["models"]["lstm_step"]}
+        assert states[1]["state"] == "ready"
+        assert states[2]["state"] == "failed"
+        assert "manifest says lstm_step/1" in states[2]["reason"]
+        assert lenient.post("/v1/models/lstm_step/predict", ONE).json()["model_version"] == "1"
+    finally:
+        assert lenient.stop() == 0
+    strict = start_server(repo, tmp_path / "strict", wait_ready=False, workers=1, strict_readiness="true")
+    try:
+        report = settled(strict)
+        assert strict.get("/ready").status_code == 503
+        assert "model 'lstm_step': not every version is ready (strict readiness)" in report["problems"]
+    finally:
+        assert strict.stop() == 0
+
+
+def test_ready_means_every_worker_is_ready(model_repository, tmp_path):
+    """/ready reaches one worker; it must not say 200 while another worker still loads."""
+    server = start_server(model_repository, tmp_path / "log", wait_ready=False, workers=2, warmup_timesteps=20_000)
+    try:
+        deadline = time.monotonic() + 120
+        while (ready := server.get("/ready")).status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert ready.json()["workers"] == {"ready": 2, "expected": 2}
+        statuses = [server.post("/v1/models/gru_last/predict", ONE).status_code for _ in range(30)]
+        assert statuses == [200] * 30
+    finally:
+        assert server.stop() == 0
