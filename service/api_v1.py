@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from flask import Blueprint, Response, g, request
@@ -27,6 +28,7 @@ def describe(model: ModelVersion) -> dict[str, Any]:
             layers=m.raw["model"]["num_layers"],
             bidirectional=m.raw["model"]["bidirectional"],
             metrics=m.raw.get("metrics", {}),
+            batching=asdict(model.policy) if model.policy else None,
             created=m.raw.get("created"),
         )
     return info

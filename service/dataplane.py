@@ -17,15 +17,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from marshmallow import Schema
+from marshmallow import Schema, ValidationError
 
 from service import metrics
 from service.batching import AdaptiveBatcher, Arrays, BatchObserver
 from service.errors import NotFound, NotReady
-from service.repository import LoadError, Manifest, VersionDir, read_manifest, scan, verify_files
+from service.repository import (
+    MODEL_CONFIG_FILE,
+    LoadError,
+    Manifest,
+    VersionDir,
+    read_manifest,
+    read_model_config,
+    scan,
+    verify_files,
+)
 from service.runtime import CUDA, ModelRuntime, install_problems
-from service.schemas import predict_schema
-from service.settings import Settings
+from service.schemas import ModelConfigSchema, flatten_errors, predict_schema
+from service.settings import BatchPolicy, Settings
 from service.workers import WorkerBoard
 
 log = logging.getLogger(__name__)
@@ -48,6 +57,7 @@ class ModelVersion:
     runtime: ModelRuntime | None = None
     batcher: AdaptiveBatcher | None = None
     schema: Schema | None = None  # the v1 predict body, with this model's features and the limits
+    policy: BatchPolicy | None = None  # adaptive batching, after the model's config.json
     loaded_at: float = field(default_factory=time.time)
 
     @property
@@ -75,6 +85,7 @@ class DataPlane:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._first_scan = threading.Event()
+        self._config_schema = ModelConfigSchema()
         self._workers = WorkerBoard(settings.state_dir, settings.workers)
         self.install_problems = install_problems()
         for problem in self.install_problems:
@@ -128,6 +139,7 @@ class DataPlane:
         try:
             manifest = read_manifest(entry)
             verify_files(entry, manifest)
+            policy = self._policy(entry)
             runtime = ModelRuntime(entry.path, manifest, self.settings.provider, self.settings.ort_threads)
             runtime.warmup(self.settings.warmup_timesteps)
         except (LoadError, OSError, RuntimeError, ValueError) as exc:  # onnxruntime raises RuntimeError subclasses
@@ -143,13 +155,23 @@ class DataPlane:
         version.schema = predict_schema(
             manifest.feature_names, self.settings.max_sequences, self.settings.max_timesteps
         )
-        if self.settings.batching:
-            version.batcher = self._batcher(runtime, manifest)
+        version.policy = policy
+        if policy.enabled:
+            version.batcher = self._batcher(runtime, manifest, policy)
         version.state = State.READY  # last: a version becomes servable only once complete
         metrics.MODEL_READY.labels(entry.name, str(entry.version), runtime.provider).set(1)
         log.info("model %s ready on %s in %.2fs", version.key, runtime.provider, time.perf_counter() - started)
 
-    def _batcher(self, runtime: ModelRuntime, manifest: Manifest) -> AdaptiveBatcher:
+    def _policy(self, entry: VersionDir) -> BatchPolicy:
+        raw = read_model_config(entry.path.parent)
+        try:
+            config = self._config_schema.load(raw)
+        except ValidationError as exc:
+            lines = "; ".join(flatten_errors(exc.messages))
+            raise LoadError(f"{entry.path.parent / MODEL_CONFIG_FILE}: {lines}") from None
+        return self.settings.batch_policy().merged(config["batching"])
+
+    def _batcher(self, runtime: ModelRuntime, manifest: Manifest, policy: BatchPolicy) -> AdaptiveBatcher:
         name = manifest.name
         observer = BatchObserver(
             queue_seconds=metrics.QUEUE_SECONDS.labels(name).observe,
@@ -157,15 +179,14 @@ class DataPlane:
             batch_sequences=metrics.BATCH_SEQUENCES.labels(name).observe,
             rejected=metrics.REJECTED.labels(name).inc,
         )
-        s = self.settings
         return AdaptiveBatcher(
             runtime.run,
             manifest,
-            max_sequences=s.batch_max_sequences,
-            max_cells=s.batch_max_cells,
-            max_queue=s.batch_max_queue,
-            max_queue_delay=s.batch_max_queue_delay_ms / 1000,
-            timeout=s.batch_timeout,
+            max_sequences=policy.max_sequences,
+            max_cells=policy.max_cells,
+            max_queue=policy.max_queue,
+            max_queue_delay=policy.max_queue_delay_ms / 1000,
+            timeout=self.settings.batch_timeout,
             observer=observer,
         )
 

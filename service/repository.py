@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 MANIFEST_FILE = "manifest.json"
+MODEL_CONFIG_FILE = "config.json"
 
 
 class LoadError(Exception):
@@ -135,3 +136,17 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def read_model_config(model_dir: Path) -> dict[str, Any]:
+    """The model's optional `config.json` (raw; the caller validates it), {} when absent."""
+    path = model_dir / MODEL_CONFIG_FILE
+    if not path.is_file():
+        return {}
+    try:
+        raw = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise LoadError(f"{path}: unreadable ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise LoadError(f"{path}: expected a JSON object")
+    return raw

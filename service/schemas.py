@@ -309,6 +309,20 @@ class BinaryRequestSchema(StrictSchema):
     )
 
 
+class BatchingConfigSchema(StrictSchema):
+    enabled = fields.Boolean()
+    max_sequences = fields.Integer(strict=True, validate=validate.Range(min=1))
+    max_cells = fields.Integer(strict=True, validate=validate.Range(min=1))
+    max_queue_delay_ms = fields.Float(validate=validate.Range(min=0))
+    max_queue = fields.Integer(strict=True, validate=validate.Range(min=1))
+
+
+class ModelConfigSchema(StrictSchema):
+    """`REPOSITORY/NAME/config.json`: per-model serving settings (like Triton's config.pbtxt), for every version."""
+
+    batching = fields.Nested(BatchingConfigSchema, load_default=dict)
+
+
 # ---------------------------------------------------------------------------------------------------- v2
 
 

@@ -8,12 +8,26 @@ that a misspelt variable is an error, and the app knows `workers` to split the C
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 PROVIDERS = ("auto", "cpu", "cuda")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """Adaptive batching for one model: the server's defaults, overridden by the model's `config.json`."""
+
+    enabled: bool = True
+    max_sequences: int = 64
+    max_cells: int = 64 * 512
+    max_queue_delay_ms: float = 0.0
+    max_queue: int = 256
+
+    def merged(self, overrides: dict[str, Any]) -> BatchPolicy:
+        return replace(self, **overrides)
 
 
 @dataclass(frozen=True)
@@ -56,6 +70,15 @@ class Settings:
         for name in ("max_body_bytes", "max_sequences", "max_timesteps", "batch_max_sequences", "batch_max_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SEQSERVE_{name.upper()} must be >= 1, got {getattr(self, name)}")
+
+    def batch_policy(self) -> BatchPolicy:
+        return BatchPolicy(
+            enabled=self.batching,
+            max_sequences=self.batch_max_sequences,
+            max_cells=self.batch_max_cells,
+            max_queue_delay_ms=self.batch_max_queue_delay_ms,
+            max_queue=self.batch_max_queue,
+        )
 
     @property
     def ort_threads(self) -> int:

@@ -175,3 +175,38 @@ def test_overloaded_server_answers_503_with_retry_after(model_repository, tmp_pa
     assert refused.headers["Retry-After"] == "1"
     assert refused.json()["error"]["code"] == "overloaded"
     assert set(statuses) <= {200, 503}
+
+
+def test_batching_is_configured_per_model(model_repository, tmp_path):
+    """`REPOSITORY/NAME/config.json` overrides the server's batching defaults for that model, like Triton's
+    config.pbtxt; a bad one fails that model's versions with the reason, and nothing else."""
+    import shutil
+
+    import orjson
+
+    from tests.service.test_loading import ONE, settled
+
+    repo = tmp_path / "repo"
+    shutil.copytree(model_repository, repo)
+    (repo / "lstm_step" / "config.json").write_bytes(
+        orjson.dumps({"batching": {"max_sequences": 4, "max_queue_delay_ms": 2.5}})
+    )
+    (repo / "gru_last" / "config.json").write_bytes(orjson.dumps({"batching": {"max_queue": 0, "colour": "red"}}))
+    server = start_server(repo, tmp_path / "log", wait_ready=False, workers=1, batch_max_queue=99)
+    try:
+        report = settled(server)
+        batching = server.get("/v1/models/lstm_step").json()["versions"][0]["batching"]
+        assert batching == {
+            "enabled": True,
+            "max_sequences": 4,
+            "max_cells": 64 * 512,
+            "max_queue_delay_ms": 2.5,
+            "max_queue": 99,
+        }
+        reason = report["models"]["gru_last"][0]["reason"]
+        assert "gru_last/config.json" in reason
+        assert "batching.max_queue: Must be greater than or equal to 1" in reason
+        assert "batching.colour: Unknown field" in reason
+        assert server.post("/v1/models/lstm_step/predict", ONE).status_code == 200
+    finally:
+        assert server.stop() == 0
