@@ -33,7 +33,8 @@ def parse(argv: list[str]) -> run.Options:
     p.add_argument("--warmup", type=int, help="whole seconds of load before a cell's first measurement (default 1)")
     p.add_argument("--max-minutes", type=float, help="stop issuing measurements after this (default 22; quick 4)")
     p.add_argument("--workers", type=int, help="server worker processes (default: gunicorn.conf.py's, min(cores, 4))")
-    p.add_argument("--threads", type=int, help="gunicorn threads per worker (default: gunicorn.conf.py's, 16)")
+    p.add_argument("--worker-class", choices=["gevent", "gthread"], help="gunicorn worker class (default: gevent)")
+    p.add_argument("--threads", type=int, help="gthread threads per worker (default: gunicorn.conf.py's, 16)")
     p.add_argument("--only", nargs="+", choices=sorted(CONTENDERS), default=(), help="measure only these contenders")
     p.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto", help="auto: wrk if installed")
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "results", help="cache, logs, raw results")
@@ -45,7 +46,7 @@ def parse(argv: list[str]) -> run.Options:
         duration=a.duration or (2 if a.quick else 4),
         warmup=a.warmup if a.warmup is not None else 1,
         max_minutes=a.max_minutes or (4.0 if a.quick else 22.0),
-        budget=CpuBudget.service_defaults(a.workers, a.threads),
+        budget=CpuBudget.service_defaults(a.workers, a.threads, a.worker_class),
         results=a.results.resolve(),
         out=a.out,
         command=shlex.join(["python", "-m", "bench", *argv]),

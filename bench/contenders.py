@@ -24,19 +24,22 @@ class CpuBudget:
     workers: int
     threads: int  # gunicorn gthread threads per worker
     intra_op_threads: int  # onnxruntime threads per worker
+    worker_class: str = "gevent"  # gunicorn.conf.py's default
 
     @classmethod
-    def service_defaults(cls, workers: int | None = None, threads: int | None = None) -> CpuBudget:
+    def service_defaults(
+        cls, workers: int | None = None, threads: int | None = None, worker_class: str | None = None
+    ) -> CpuBudget:
         cores = os.cpu_count() or 1
         workers = workers or min(cores, 4)  # gunicorn.conf.py's default
         threads = threads or 16  # gunicorn.conf.py's default
-        return cls(workers, threads, max(1, cores // workers))  # service.settings.Settings.ort_threads
+        return cls(workers, threads, max(1, cores // workers), worker_class or "gevent")
 
     def describe(self) -> str:
-        return (
-            f"{self.workers} worker process(es) x {self.intra_op_threads} onnxruntime intra-op thread(s); "
-            f"gunicorn gthread with {self.threads} threads per worker"
-        )
+        gunicorn = f"gunicorn {self.worker_class} workers"
+        if self.worker_class == "gthread":
+            gunicorn += f" with {self.threads} threads each"
+        return f"{self.workers} worker process(es) x {self.intra_op_threads} onnxruntime intra-op thread(s); {gunicorn}"
 
 
 def peer_python(peer: str) -> Path:
@@ -61,6 +64,7 @@ def _gunicorn(name: str, app: str, port: int, budget: CpuBudget, logs: Path, env
         "SEQSERVE_BIND": f"127.0.0.1:{port}",
         "SEQSERVE_WORKERS": str(budget.workers),
         "SEQSERVE_THREADS": str(budget.threads),
+        "SEQSERVE_WORKER_CLASS": budget.worker_class,
         "SEQSERVE_INTRA_OP_THREADS": str(budget.intra_op_threads),
         **env,
     }

@@ -88,7 +88,7 @@ def _method(run: Run) -> list[str]:
         '- **seqserve:** `gunicorn --config gunicorn.conf.py "service:create_app()"` with the service\'s defaults '
         "except `SEQSERVE_MODEL_REPOSITORY`, `SEQSERVE_BIND`, and `SEQSERVE_BATCHING=false` for the batching-off "
         "server; per-request JSON logs on (the default) go to `bench/results/logs/`.",
-        "- **bare Flask+gunicorn:** `bench/apps/bare.py` under the same gunicorn.conf.py, workers and threads: "
+        "- **bare Flask+gunicorn:** `bench/apps/bare.py` under the same gunicorn.conf.py, worker class and workers: "
         "reads the body, answers a constant.",
         "- **naive tutorial server:** `bench/apps/naive.py`: Flask's built-in server via `app.run()` (threaded, as "
         "tutorials start it), PyTorch eager with default threads, `models.checkpoint.load(run/checkpoint.pt)`, "
