@@ -11,7 +11,8 @@ from flask import Blueprint, Response, request
 
 from service import codecs
 from service.dataplane import ModelVersion, State
-from service.http import dataplane, json_response, model_versions, read_body, resolve_model
+from service.errors import NotFound
+from service.http import dataplane, json_response, model_versions, path_params, read_body, resolve_model
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
 EXTENSIONS = ["binary_tensor_data", "model_configuration"]
@@ -63,10 +64,11 @@ def model_metadata(name: str, version: str | None = None) -> Response:
 @bp.get("/models/<name>/versions/<version>/ready")
 def model_ready(name: str, version: str | None = None) -> Response:
     versions = model_versions(name)
-    if version is not None:
-        versions = [v for v in versions if str(v.version) == version]
+    _, number = path_params(name, version)
+    if number is not None:
+        versions = [v for v in versions if v.version == number]
         if not versions:
-            resolve_model(name, version)  # raises the 400 / 404 that explains why
+            raise NotFound(f"model {name!r} has no version {number}")
     is_ready = any(v.state is State.READY for v in versions)
     return json_response({"name": name, "ready": is_ready}, 200 if is_ready else 503)
 

@@ -12,7 +12,7 @@ import enum
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,6 @@ class ModelVersion:
     batcher: AdaptiveBatcher | None = None
     schema: Schema | None = None  # the v1 predict body, with this model's features and the limits
     policy: BatchPolicy | None = None  # adaptive batching, after the model's config.json
-    loaded_at: float = field(default_factory=time.time)
 
     @property
     def key(self) -> str:
@@ -83,7 +82,7 @@ class DataPlane:
         self.root = Path(settings.model_repository)
         self._models: dict[str, dict[int, ModelVersion]] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
+        self._scan_error = ""
         self._first_scan = threading.Event()
         self._config_schema = ModelConfigSchema()
         self._workers = WorkerBoard(settings.state_dir, settings.workers)
@@ -99,21 +98,20 @@ class DataPlane:
         """Block until the first repository scan has loaded (or failed) every version found."""
         return self._first_scan.wait(timeout)
 
-    def stop(self) -> None:
-        self._stop.set()
-        for version in self._all():
-            if version.batcher:
-                version.batcher.stop()
-
     # -------------------------------------------------------------------------------------------- loading
 
     def _watch(self) -> None:
-        self.sync()
-        while self.settings.poll_interval > 0 and not self._stop.wait(self.settings.poll_interval):
+        while True:
             try:
                 self.sync()
-            except Exception:  # a bad scan must not kill the watcher; the next one may succeed
+                self._scan_error = ""
+            except Exception as exc:  # a bad scan must not kill the watcher; the next one may succeed
                 log.exception("repository scan failed")
+                self._scan_error = f"repository scan failed: {type(exc).__name__}: {exc}"
+                self._first_scan.set()
+            if self.settings.poll_interval <= 0:
+                return
+            time.sleep(self.settings.poll_interval)
 
     def sync(self) -> None:
         """Load versions that appeared, drop versions that disappeared."""
@@ -255,7 +253,9 @@ class DataPlane:
             }
             states = {name: [v.state for v in versions.values()] for name, versions in self._models.items()}
         problems = list(self.install_problems)
-        if not self._first_scan.is_set():
+        if self._scan_error:
+            problems.append(self._scan_error)
+        elif not self._first_scan.is_set():
             problems.append("model repository not scanned yet")
         elif not self.root.is_dir():
             problems.append(f"model repository {str(self.root)!r} does not exist")

@@ -29,6 +29,8 @@ def test_server_and_model_health(client):
     assert client.is_server_ready()
     assert client.is_model_ready("lstm_step")
     assert client.is_model_ready("gru_last", "1")
+    assert client.is_model_ready("gru_last", "01")  # the version is an integer, however it is written
+    assert not client.is_model_ready("gru_last", "7")
     assert not client.is_model_ready("nope")
     assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
 
