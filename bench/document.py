@@ -84,7 +84,11 @@ def _method(run: Run) -> list[str]:
         "in a new seeded random order; the table shows each metric's median over rounds.",
         f"- **raw (the limit):** `session.run` in-process on the same batches, {b.workers} thread(s) (one per server "
         f"worker) each with its own session of {b.intra_op_threads} intra-op thread(s); onnxruntime releases the GIL "
-        "so they run in parallel like the worker processes. Its p50/p99 are per `run` call.",
+        "so they run in parallel like the worker processes. Its p50/p99 are per `run` call, its CPU per `run`.",
+        "- **Server CPU us/req:** user + system CPU time of every process of the server under test (its process "
+        "group, from /proc) during the measurement, over the requests answered: the cost of a request, which the "
+        "other load on this shared machine disturbs far less than throughput. The load generator's own CPU is not "
+        "in it.",
         '- **seqserve:** `gunicorn --config gunicorn.conf.py "service:create_app()"` with the service\'s defaults '
         "except `SEQSERVE_MODEL_REPOSITORY`, `SEQSERVE_BIND`, and `SEQSERVE_BATCHING=false` for the batching-off "
         "server; per-request JSON logs on (the default) go to `bench/results/logs/`.",

@@ -30,6 +30,11 @@ class LoadResult:
     duration_s: float
     p50_ms: float
     p99_ms: float
+    cpu_s: float | None = None  # CPU time the server (all its processes) used during the measurement
+
+    @property
+    def cpu_us_per_request(self) -> float | None:
+        return self.cpu_s / self.requests * 1e6 if self.cpu_s is not None and self.requests else None
 
     @property
     def rps(self) -> float:

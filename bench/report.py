@@ -24,6 +24,7 @@ class Summary:
     rounds: int
     batch: int
     steps: int
+    cpu_us: float | None = None  # server CPU time per request (per run for the in-process limit)
 
     @property
     def sequences_per_s(self) -> float:
@@ -32,6 +33,11 @@ class Summary:
     @property
     def timesteps_per_s(self) -> float:
         return self.rps * self.batch * self.steps
+
+
+def _median_or_none(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
 
 
 def summarize(cell: Cell, runs: list[LoadResult]) -> Summary:
@@ -44,6 +50,9 @@ def summarize(cell: Cell, runs: list[LoadResult]) -> Summary:
         rounds=len(runs),
         batch=batch,
         steps=steps,
+        cpu_us=statistics.median(cpu)
+        if (cpu := [r.cpu_us_per_request for r in runs if r.cpu_us_per_request])
+        else None,
     )
 
 
@@ -141,8 +150,9 @@ def _num(x: float) -> str:
 
 def results_table(results: dict[Cell, Summary]) -> list[str]:
     lines = [
-        "| contender | model | payload | clients | req/s | sequences/s | timesteps/s | p50 ms | p99 ms | errors |",
-        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|",
+        "| contender | model | payload | clients | req/s | sequences/s | timesteps/s | p50 ms | p99 ms | "
+        "server CPU us/req | errors |",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for cell in sorted(results, key=_row_order):
         s = results[cell]
@@ -150,7 +160,7 @@ def results_table(results: dict[Cell, Summary]) -> list[str]:
         lines.append(
             f"| {_label(cell.contender)} | {cell.model} | {cell.scenario} | {clients} | {_num(s.rps)} | "
             f"{_num(s.sequences_per_s)} | {_num(s.timesteps_per_s)} | {_num(s.p50_ms)} | {_num(s.p99_ms)} | "
-            f"{s.errors} |"
+            f"{_num(s.cpu_us) if s.cpu_us is not None else '-'} | {s.errors} |"
         )
     return lines
 

@@ -4,6 +4,7 @@ load in a shuffled order per round (the machine is noisy), medians, targets, and
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import http.client
 import logging
 import random
@@ -165,9 +166,15 @@ class Run:
         if cell.contender == "raw":
             budget = self.options.budget
             features = self.scenario(cell.scenario).features()
-            return raw.measure(self.models[cell.model], features, budget.workers, budget.intra_op_threads, seconds)
+            cpu = time.process_time()
+            result = raw.measure(self.models[cell.model], features, budget.workers, budget.intra_op_threads, seconds)
+            return dataclasses.replace(result, cpu_s=time.process_time() - cpu)
         body = self.bodies[CONTENDERS[cell.contender].body, cell.scenario]
-        return run_load(self.url(cell), body, cell.concurrency, seconds, loadgen=self.options.loadgen)
+        server = self.servers[CONTENDERS[cell.contender].server]
+        cpu = server.cpu_seconds()
+        result = run_load(self.url(cell), body, cell.concurrency, seconds, loadgen=self.options.loadgen)
+        after = server.cpu_seconds()
+        return dataclasses.replace(result, cpu_s=after - cpu if cpu is not None and after is not None else None)
 
     def rounds(self, cells: list[Cell]) -> None:
         """Per round, every scenario's cells in a fresh random order (seeded), so that no contender always runs

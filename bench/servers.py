@@ -47,6 +47,21 @@ class PortAllocator:
         raise RuntimeError("no free port left in 18000-18999")
 
 
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU time of every live process in a process group (a server and all its workers)."""
+    ticks = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[2]) == pgid:  # fields after the command: state ppid pgrp ... utime(12) stime(13)
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Server:
     name: str
@@ -57,6 +72,9 @@ class Server:
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path | None = None
     process: subprocess.Popen | None = None
+
+    def cpu_seconds(self) -> float | None:
+        return group_cpu_seconds(self.process.pid) if self.process is not None else None
 
     @property
     def base_url(self) -> str:
