@@ -57,26 +57,23 @@ def measure(repository: Path, model: str, payload: str, body: bytes, seconds: fl
 
     app = create_app({"model_repository": str(repository), "log_requests": "false", "log_level": "WARNING"})
     plane = app.extensions["seqserve"]
-    try:
-        _wait_ready(plane)
-        version = plane.get(model)
-        client = app.test_client()
-        url = f"/v1/models/{model}/predict"
+    _wait_ready(plane)
+    version = plane.get(model)
+    client = app.test_client()
+    url = f"/v1/models/{model}/predict"
 
-        def whole() -> None:
-            response = client.post(url, data=body, content_type="application/json")
-            assert response.status_code == 200, response.get_data(as_text=True)[:200]
+    def whole() -> None:
+        response = client.post(url, data=body, content_type="application/json")
+        assert response.status_code == 200, response.get_data(as_text=True)[:200]
 
-        parsed = codecs.decode_json(body)
-        return ValidationCost(
-            model=model,
-            payload=payload,
-            request_ms=_median_ms(whole, seconds),
-            parse_ms=_median_ms(lambda: codecs.decode_json(body), seconds),
-            validate_ms=_median_ms(lambda: version.schema.load(parsed), seconds),
-        )
-    finally:
-        plane.stop()
+    parsed = codecs.decode_json(body)
+    return ValidationCost(
+        model=model,
+        payload=payload,
+        request_ms=_median_ms(whole, seconds),
+        parse_ms=_median_ms(lambda: codecs.decode_json(body), seconds),
+        validate_ms=_median_ms(lambda: version.schema.load(parsed), seconds),
+    )
 
 
 def unavailable() -> str | None:
