@@ -174,18 +174,8 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     model.set_normalization(*data.fit_normalization(split.train))  # training split only
     model.to(device)
     log.info("model %s: %d parameters, device %s", model_config, model.parameter_count(), device)
-    train_config = trainer.TrainConfig(
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        lr_step=cfg.lr_step,
-        lr_gamma=cfg.lr_gamma,
-        grad_clip=cfg.grad_clip,
-        patience=cfg.patience,
-        seed=cfg.seed,
-        progress=cfg.progress,
-    )
+    # The training loop's settings are the run's settings of the same names.
+    train_config = trainer.TrainConfig(**{f.name: getattr(cfg, f.name) for f in fields(trainer.TrainConfig)})
     history = trainer.fit(model, loaders["train"], loaders["val"], train_config)
     test = trainer.evaluate(model, loaders["test"], device)
     metrics = evaluate.classification_metrics(test.y_true, test.y_pred, dataset.class_names)

@@ -3,9 +3,12 @@ downtime, and a broken onnxruntime install detected at start."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +30,25 @@ def settled(server, timeout: float = 60) -> dict:
             return report
         assert time.monotonic() < deadline, report
         time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def steady_traffic(server) -> Iterator[list[int]]:
+    """Predictions one after another in a thread while the block runs; yields their status codes."""
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        while not stop.is_set():
+            statuses.append(server.post("/v1/models/lstm_step/predict", ONE).status_code)
+
+    thread = threading.Thread(target=traffic)
+    thread.start()
+    try:
+        yield statuses
+    finally:
+        stop.set()
+        thread.join()
 
 
 def copy_repository(source: Path, target: Path) -> Path:
@@ -105,30 +127,20 @@ def test_new_versions_appear_without_downtime(model_repository, trained_runs, tm
 
     repo = copy_repository(model_repository, tmp_path / "repo")
     server = start_server(repo, tmp_path / "log", poll_interval=0.2, workers=1)
-    statuses: list[int] = []
-    stop = threading.Event()
-
-    def traffic() -> None:
-        while not stop.is_set():
-            statuses.append(server.post("/v1/models/lstm_step/predict", ONE).status_code)
-
-    thread = threading.Thread(target=traffic)
-    thread.start()
     try:
-        version, _ = export_run(trained_runs["lstm_step"], repo, "lstm_step")
-        assert version == 2
-        deadline = time.monotonic() + 30
-        while server.post("/v1/models/lstm_step/predict", ONE).json()["model_version"] != "2":
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        shutil.rmtree(repo / "lstm_step" / "1")
-        while [v["version"] for v in server.get("/v1/models/lstm_step").json()["versions"]] != [2]:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        assert server.post("/v1/models/lstm_step/versions/1/predict", ONE).status_code == 404
+        with steady_traffic(server) as statuses:
+            version, _ = export_run(trained_runs["lstm_step"], repo, "lstm_step")
+            assert version == 2
+            deadline = time.monotonic() + 30
+            while server.post("/v1/models/lstm_step/predict", ONE).json()["model_version"] != "2":
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            shutil.rmtree(repo / "lstm_step" / "1")
+            while [v["version"] for v in server.get("/v1/models/lstm_step").json()["versions"]] != [2]:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            assert server.post("/v1/models/lstm_step/versions/1/predict", ONE).status_code == 404
     finally:
-        stop.set()
-        thread.join()
         server.stop()
     assert len(statuses) > 5
     assert set(statuses) == {200}
@@ -185,34 +197,22 @@ def test_settings_come_from_the_prefixed_environment():
 
 def test_sighup_reload_serves_new_versions_without_failed_requests(model_repository, trained_runs, tmp_path):
     """SIGHUP replaces the workers; the new ones load their models before they take a request."""
-    import signal
-
     from export.__main__ import export_run
 
     repo = copy_repository(model_repository, tmp_path / "repo")
     server = start_server(repo, tmp_path / "log", workers=2)
-    statuses: list[int] = []
-    stop = threading.Event()
-
-    def traffic() -> None:
-        while not stop.is_set():
-            statuses.append(server.post("/v1/models/lstm_step/predict", ONE).status_code)
-
-    thread = threading.Thread(target=traffic)
-    thread.start()
     try:
-        assert export_run(trained_runs["lstm_step"], repo, "lstm_step")[0] == 2
-        time.sleep(0.5)
-        assert server.post("/v1/models/lstm_step/predict", ONE).json()["model_version"] == "1"  # no polling
-        server.process.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 60
-        while server.post("/v1/models/lstm_step/predict", ONE).json()["model_version"] != "2":
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        time.sleep(1.0)  # the old workers are gone by now; traffic went on throughout
+        with steady_traffic(server) as statuses:
+            assert export_run(trained_runs["lstm_step"], repo, "lstm_step")[0] == 2
+            time.sleep(0.5)
+            assert server.post("/v1/models/lstm_step/predict", ONE).json()["model_version"] == "1"  # no polling
+            server.process.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 60
+            while server.post("/v1/models/lstm_step/predict", ONE).json()["model_version"] != "2":
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            time.sleep(1.0)  # the old workers are gone by now; traffic went on throughout
     finally:
-        stop.set()
-        thread.join()
         assert server.stop() == 0
     assert len(statuses) > 10
     assert set(statuses) == {200}
