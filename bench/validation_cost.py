@@ -54,11 +54,14 @@ def _wait_ready(plane: object, timeout: float = 60.0) -> None:
 
 def measure(repository: Path, model: str, payload: str, body: bytes, seconds: float) -> ValidationCost:
     from service import codecs, create_app
+    from service.schemas import predict_schema
 
     app = create_app({"model_repository": str(repository), "log_requests": "false", "log_level": "WARNING"})
     plane = app.extensions["seqserve"]
     _wait_ready(plane)
-    version = plane.get(model)
+    manifest = plane.get(model).manifest
+    settings = plane.settings
+    schema = predict_schema(manifest.feature_names, settings.max_sequences, settings.max_timesteps)
     client = app.test_client()
     url = f"/v1/models/{model}/predict"
 
@@ -72,7 +75,7 @@ def measure(repository: Path, model: str, payload: str, body: bytes, seconds: fl
         payload=payload,
         request_ms=_median_ms(whole, seconds),
         parse_ms=_median_ms(lambda: codecs.decode_json(body), seconds),
-        validate_ms=_median_ms(lambda: version.schema.load(parsed), seconds),
+        validate_ms=_median_ms(lambda: schema.load(parsed), seconds),
     )
 
 

@@ -53,10 +53,7 @@ def predict(name: str, version: str | None = None) -> Response:
     body = read_body()  # first: an unread body would cost the client its keep-alive connection on a 404
     model = resolve_model(name, version)
     assert model.manifest is not None
-    assert model.schema is not None
     plane = dataplane()
-    parsed = codecs.v1_request(
-        body, request.mimetype, request.headers, request.args, model.schema, model.manifest, plane.settings
-    )
+    parsed = codecs.v1_request(body, request.mimetype, request.headers, request.args, model.manifest, plane.settings)
     outputs = plane.infer(model, {"features": parsed.features, "lengths": parsed.lengths})
     return json_response(codecs.v1_response(model.manifest, parsed, outputs, g.get("request_id")))

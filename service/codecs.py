@@ -18,7 +18,7 @@ from marshmallow import Schema, ValidationError
 
 from service.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from service.repository import Manifest, TensorInfo
-from service.schemas import BinaryRequestSchema, InferRequestSchema, flatten_errors
+from service.schemas import BinaryRequestSchema, InferRequestSchema, flatten_errors, predict_schema
 from service.settings import Settings
 
 NUMPY = orjson.OPT_SERIALIZE_NUMPY
@@ -117,9 +117,10 @@ class PredictRequest:
 
 
 def v1_request(
-    body: bytes, mimetype: str, headers: Any, args: Any, schema: Schema, manifest: Manifest, settings: Settings
+    body: bytes, mimetype: str, headers: Any, args: Any, manifest: Manifest, settings: Settings
 ) -> PredictRequest:
     if mimetype in ("", "application/json"):
+        schema = predict_schema(manifest.feature_names, settings.max_sequences, settings.max_timesteps)
         data = load(schema, decode_json(body))
         batch = data["sequences"]
         return PredictRequest(batch.features, batch.lengths, tuple(dict.fromkeys(data["outputs"])), data.get("id"))

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from marshmallow import Schema, ValidationError
+from marshmallow import ValidationError
 
 from service import metrics
 from service.batching import AdaptiveBatcher, Arrays, BatchObserver
@@ -33,7 +33,7 @@ from service.repository import (
     verify_files,
 )
 from service.runtime import CUDA, ModelRuntime, install_problems
-from service.schemas import ModelConfigSchema, flatten_errors, predict_schema
+from service.schemas import ModelConfigSchema, flatten_errors
 from service.settings import BatchPolicy, Settings
 from service.workers import WorkerBoard
 
@@ -56,7 +56,6 @@ class ModelVersion:
     manifest: Manifest | None = None
     runtime: ModelRuntime | None = None
     batcher: AdaptiveBatcher | None = None
-    schema: Schema | None = None  # the v1 predict body, with this model's features and the limits
     policy: BatchPolicy | None = None  # adaptive batching, after the model's config.json
 
     @property
@@ -150,9 +149,6 @@ class DataPlane:
             version.reason = f"GPU required but onnxruntime runs it on {runtime.provider} (CUDA unavailable)"
             log.error("model %s: %s", version.key, version.reason)
             return
-        version.schema = predict_schema(
-            manifest.feature_names, self.settings.max_sequences, self.settings.max_timesteps
-        )
         version.policy = policy
         if policy.enabled:
             version.batcher = self._batcher(runtime, manifest, policy)

@@ -13,6 +13,7 @@ import math
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import chain
 from typing import Any
 
@@ -247,8 +248,10 @@ class ModelPathSchema(StrictSchema):
     )
 
 
-def predict_schema(feature_names: Sequence[str], max_sequences: int, max_timesteps: int) -> Schema:
-    """The v1 predict body for one model: its feature count and names, and the configured limits."""
+@lru_cache(maxsize=256)
+def predict_schema(feature_names: tuple[str, ...], max_sequences: int, max_timesteps: int) -> Schema:
+    """The v1 predict body for one model: its feature count and names, and the configured limits (built once per
+    distinct model signature)."""
     return Schema.from_dict(
         {
             "sequences": SequencesField(feature_names, max_sequences, max_timesteps),

@@ -45,6 +45,18 @@ class Gate:
         self.runs.append(inputs["features"].shape[0])
         return self.runtime.run(inputs)
 
+    def submit_all(self, batcher: AdaptiveBatcher, work: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        """Submit every request at once while the first run is held, so that the others queue; then open."""
+        try:
+            with ThreadPoolExecutor(len(work)) as pool:
+                futures = [pool.submit(batcher.submit, w) for w in work]
+                while len(batcher._queue) + len(self.runs) < len(work) - 1:
+                    threading.Event().wait(0.01)
+                self.open.set()
+                return [f.result(timeout=30) for f in futures]
+        finally:
+            batcher.stop()
+
 
 @pytest.mark.parametrize("name", ["lstm_step", "gru_last"])
 def test_batched_results_equal_unbatched(model_repository, name):
@@ -61,15 +73,7 @@ def test_batched_results_equal_unbatched(model_repository, name):
     )
     # Mixed lengths within and across requests; all in one length bucket (17..32) but the first.
     work = requests_of([[5], [20, 3, 31], [17], [32, 18], [25, 25, 19, 30], [1], [29]], seed=4)
-    try:
-        with ThreadPoolExecutor(len(work)) as pool:
-            futures = [pool.submit(batcher.submit, w) for w in work]
-            while len(batcher._queue) + len(gate.runs) < len(work) - 1:
-                threading.Event().wait(0.01)
-            gate.open.set()
-            results = [f.result(timeout=30) for f in futures]
-    finally:
-        batcher.stop()
+    results = gate.submit_all(batcher, work)
     assert max(sizes) > 1, "nothing was merged"
     assert sum(sizes) == sum(w["features"].shape[0] for w in work)
     for inputs, got in zip(work, results, strict=True):
@@ -90,16 +94,7 @@ def test_length_buckets_and_limits_shape_the_runs(model_repository):
     gate = Gate(runtime)
     batcher = AdaptiveBatcher(gate, runtime.manifest, max_sequences=4, max_cells=1000, max_queue=100)
     work = requests_of([[3], [100], [90, 70], [2, 2], [4], [3, 3, 3]], seed=1)
-    try:
-        with ThreadPoolExecutor(len(work)) as pool:
-            futures = [pool.submit(batcher.submit, w) for w in work]
-            while len(batcher._queue) + len(gate.runs) < len(work) - 1:
-                threading.Event().wait(0.01)
-            gate.open.set()
-            for f in futures:
-                f.result(timeout=30)
-    finally:
-        batcher.stop()
+    gate.submit_all(batcher, work)
     # Never more than 4 sequences in one run, and long and short sequences (other buckets) are not mixed.
     assert max(gate.runs) <= 4
     assert bucket_of(3) == bucket_of(4) != bucket_of(90) == bucket_of(100)
