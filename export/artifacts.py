@@ -11,37 +11,18 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 import torch
 from torch import Tensor, nn
 
-from models.model import ModelConfig, SequenceClassifier
+from modelrepo.manifest import ModelConfig, TensorSpec, state_names
+from models.model import SequenceClassifier
 
 ONNX_FILE = "model.onnx"
 TORCHSCRIPT_FILE = "model.pt"
 DEFAULT_OPSET = 17
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    dtype: str  # KServe V2 datatype names: FP32, INT64
-    shape: tuple[int | str, ...]  # str = dynamic axis name
-
-    def to_dict(self) -> dict[str, object]:
-        return {"name": self.name, "datatype": self.dtype, "shape": list(self.shape)}
-
-
-def state_names(config: ModelConfig) -> tuple[list[str], list[str]]:
-    """Names of the state inputs and outputs; none for bidirectional models (a backward pass cannot stream)."""
-    if config.bidirectional:
-        return [], []
-    if config.cell == "lstm":
-        return ["h0", "c0"], ["hn", "cn"]
-    return ["h0"], ["hn"]
 
 
 def io_specs(config: ModelConfig) -> tuple[list[TensorSpec], list[TensorSpec]]:

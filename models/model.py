@@ -8,59 +8,17 @@ sequence alone and the same sequence padded in a batch give the same outputs, in
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Literal
-
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-Cell = Literal["rnn", "gru", "lstm"]
-Head = Literal["per_timestep", "last"]
+from modelrepo.manifest import ModelConfig
 
 CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
-HEADS = ("per_timestep", "last")
 
 # A recurrent state: `h` for RNN/GRU, `(h, c)` for LSTM, each [layers * directions, B, hidden].
 State = Tensor | tuple[Tensor, Tensor]
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    input_dim: int
-    num_classes: int
-    cell: Cell = "lstm"
-    hidden_size: int = 32
-    num_layers: int = 1
-    bidirectional: bool = False
-    dropout: float = 0.0
-    head: Head = "per_timestep"
-
-    def __post_init__(self) -> None:
-        if self.cell not in CELLS:
-            raise ValueError(f"cell must be one of {sorted(CELLS)}, got {self.cell!r}")
-        if self.head not in HEADS:
-            raise ValueError(f"head must be one of {list(HEADS)}, got {self.head!r}")
-        for name in ("input_dim", "hidden_size", "num_layers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-
-    @property
-    def num_directions(self) -> int:
-        return 2 if self.bidirectional else 1
-
-    @property
-    def state_shape(self) -> tuple[int, int]:
-        """(layers * directions, hidden): the state tensors are [layers * directions, B, hidden]."""
-        return self.num_layers * self.num_directions, self.hidden_size
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
 
 
 def parameter_count_formula(config: ModelConfig) -> int:

@@ -160,8 +160,8 @@ def trained_runs(tmp_path_factory: pytest.TempPathFactory, separable_csv: Path) 
 
 @pytest.fixture(scope="session")
 def model_repository(tmp_path_factory: pytest.TempPathFactory, trained_runs: dict[str, Path]) -> Path:
-    """A model repository with every shared model exported once (version 1) by `export.__main__.export_run`."""
-    from export.__main__ import export_run
+    """A model repository with every shared model exported once (version 1) by `export.pipeline.export_run`."""
+    from export.pipeline import export_run
 
     repository = tmp_path_factory.mktemp("model_repository")
     for name, run_dir in trained_runs.items():

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from export import artifacts
-from export.__main__ import export_run
+from export.pipeline import export_run
 from models import checkpoint
 from tests.export.conftest import write_run
 

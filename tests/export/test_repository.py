@@ -11,7 +11,7 @@ import stat
 import pytest
 
 from export import parity, repository
-from export.__main__ import export_run
+from export.pipeline import export_run
 from models import checkpoint
 from tests.conftest import CLASS_NAMES, FEATURE_NAMES, HIDDEN, SEQ_LEN, SHARED_MODELS
 from tests.export.conftest import write_run

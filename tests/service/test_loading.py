@@ -123,7 +123,7 @@ def test_a_model_that_fails_to_load_does_not_take_the_others_down(model_reposito
 
 
 def test_new_versions_appear_without_downtime(model_repository, trained_runs, tmp_path):
-    from export.__main__ import export_run
+    from export.pipeline import export_run
 
     repo = copy_repository(model_repository, tmp_path / "repo")
     server = start_server(repo, tmp_path / "log", poll_interval=0.2, workers=1)
@@ -197,7 +197,7 @@ def test_settings_come_from_the_prefixed_environment():
 
 def test_sighup_reload_serves_new_versions_without_failed_requests(model_repository, trained_runs, tmp_path):
     """SIGHUP replaces the workers; the new ones load their models before they take a request."""
-    from export.__main__ import export_run
+    from export.pipeline import export_run
 
     repo = copy_repository(model_repository, tmp_path / "repo")
     server = start_server(repo, tmp_path / "log", workers=2)
