@@ -104,6 +104,9 @@ RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/python requirements.py pyproject.toml gpu --strip-extras > requirements.txt \
     && /opt/venv/bin/pip install --no-cache-dir --requirement requirements.txt
 
+# From here on, serve repeats serve-cpu line for line but for its base, runtime and provider (a Dockerfile cannot
+# share lines across bases); tests/deploy/test_manifests.py::test_serve_images_differ_only_in_the_runtime keeps
+# the two alike.
 FROM cuda-python AS serve
 RUN groupadd --gid 10001 seqserve \
     && useradd --uid 10001 --gid 10001 --home-dir /app --no-create-home --shell /usr/sbin/nologin seqserve \

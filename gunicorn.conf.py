@@ -1,15 +1,16 @@
-"""gunicorn settings for `gunicorn --config gunicorn.conf.py 'service:create_app()'`, from SEQSERVE_* variables.
+"""gunicorn settings for `gunicorn --config gunicorn.conf.py 'service:create_app()'`, from SEQSERVE_* variables
+read through `service.settings` (where every default lives).
 
 Worker class, chosen by measurement (docs/benchmarks.md): gevent. One OS thread per worker, a greenlet per
 connection, and onnxruntime calls handed to gevent's pool of real threads (service/concurrency.py), so requests
 keep being parsed and queued while a model computes; the adaptive batcher merges what queued. On the 2-core
 development machine this used ~30 % less CPU per small request than gthread (where 16 threads per worker fight
 over the GIL) and twice the throughput with batching on a 128-unit LSTM at 32 clients. `SEQSERVE_WORKER_CLASS=
-gthread` (with `SEQSERVE_THREADS`) is the alternative. One worker per core by default, each onnxruntime session
-with cores/workers intra-op threads.
+gthread` (with `SEQSERVE_THREADS`) is the alternative. One worker per core by default (at most 4), each onnxruntime
+session with cores/workers intra-op threads.
 
 No `preload_app`: onnxruntime sessions (and any CUDA context) must be created in each worker after the fork, not
-inherited (benoitc/gunicorn#1891).
+inherited (benoitc/gunicorn#1891). The master imports `service.settings` only.
 """
 
 import os
@@ -17,27 +18,29 @@ import pathlib
 import shutil
 import tempfile
 
-bind = os.environ.get("SEQSERVE_BIND", "127.0.0.1:8000")
-workers = int(os.environ.get("SEQSERVE_WORKERS", "0")) or min(os.cpu_count() or 1, 4)
-os.environ["SEQSERVE_WORKERS"] = str(workers)  # the app splits the CPU threads between workers
-worker_class = os.environ.get("SEQSERVE_WORKER_CLASS", "gevent")
-worker_connections = int(os.environ.get("SEQSERVE_WORKER_CONNECTIONS", "1000"))  # gevent: per worker
-threads = int(os.environ.get("SEQSERVE_THREADS", "16"))  # gthread only
-timeout = int(os.environ.get("SEQSERVE_TIMEOUT", "60"))
-graceful_timeout = int(os.environ.get("SEQSERVE_GRACEFUL_TIMEOUT", "30"))
+from service.settings import Settings
+
+_settings = Settings.from_environ()  # an unknown or malformed SEQSERVE_ variable stops the server here
+bind = _settings.bind
+workers = _settings.worker_count
+worker_class = _settings.worker_class
+worker_connections = _settings.worker_connections  # gevent: per worker
+threads = _settings.threads  # gthread only
+timeout = _settings.timeout
+graceful_timeout = _settings.graceful_timeout
 # Idle keep-alive connections stay open this long. Under gevent it is also how long an idle client connection
 # can hold up a graceful stop; behind a load balancer that reuses connections, set it above the balancer's idle
 # timeout (and SEQSERVE_GRACEFUL_TIMEOUT above that).
-keepalive = int(os.environ.get("SEQSERVE_KEEPALIVE", "5"))
+keepalive = _settings.keepalive
 backlog = 2048
 preload_app = False
 accesslog = None  # the app logs each request as JSON, with its request id
 errorlog = "-"
-loglevel = os.environ.get("SEQSERVE_LOG_LEVEL", "info").lower()
+loglevel = _settings.log_level.lower()
 # Workers write Prometheus samples, and their readiness, into shared folders; fresh ones per server start.
 _metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="seqserve-metrics-")
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
-_state_dir = os.environ.get("SEQSERVE_STATE_DIR") or tempfile.mkdtemp(prefix="seqserve-state-")
+_state_dir = _settings.state_dir or tempfile.mkdtemp(prefix="seqserve-state-")
 os.environ["SEQSERVE_STATE_DIR"] = _state_dir
 
 
@@ -56,9 +59,16 @@ def on_reload(server):
 
 def post_worker_init(worker):
     if os.environ.get("GUNICORN_RELOADED_SEQSERVE") == "1":
-        from service import wait_loaded
+        from service.app import wait_loaded
 
         wait_loaded(worker.wsgi, timeout=max(timeout - 5, 1))
+
+
+def worker_exit(server, worker):
+    if getattr(worker, "wsgi", None) is not None:  # None: the app failed to build
+        from service.app import close_app
+
+        close_app(worker.wsgi)
 
 
 def child_exit(server, worker):

@@ -5,13 +5,13 @@ workers, KServe uvicorn workers) of `intra_op_threads` onnxruntime threads each.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.fixtures import ExportedModel
 from bench.servers import PortAllocator, Server
+from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -19,21 +19,21 @@ BIN = Path(sys.executable).parent
 
 @dataclass(frozen=True)
 class CpuBudget:
-    """What seqserve gets by default (gunicorn.conf.py and service.settings), given to every contender."""
+    """What seqserve gets by default (service.settings), given to every contender."""
 
     workers: int
     threads: int  # gunicorn gthread threads per worker
     intra_op_threads: int  # onnxruntime threads per worker
-    worker_class: str = "gevent"  # gunicorn.conf.py's default
+    worker_class: str
 
     @classmethod
     def service_defaults(
         cls, workers: int | None = None, threads: int | None = None, worker_class: str | None = None
     ) -> CpuBudget:
-        cores = os.cpu_count() or 1
-        workers = workers or min(cores, 4)  # gunicorn.conf.py's default
-        threads = threads or 16  # gunicorn.conf.py's default
-        return cls(workers, threads, max(1, cores // workers), worker_class or "gevent")
+        """The service's own defaults (service.settings, as gunicorn.conf.py reads them), with these overrides."""
+        overrides = {"workers": workers, "threads": threads, "worker_class": worker_class}
+        settings = Settings.from_mapping({k: v for k, v in overrides.items() if v is not None})
+        return cls(settings.worker_count, settings.threads, settings.ort_threads, settings.worker_class)
 
     def describe(self) -> str:
         gunicorn = f"gunicorn {self.worker_class} workers"

@@ -78,7 +78,15 @@ def run_wrk(url: str, body: Body, concurrency: int, duration: float, timeout: fl
 def run_python(url: str, body: Body, concurrency: int, duration: float, timeout: float = 10.0) -> LoadResult:
     """The fallback: one thread and one keep-alive connection per concurrent client (weaker than wrk: the GIL
     caps it, so it understates the fastest servers)."""
-    parts, data, headers = urlsplit(url), body.read(), body.header_dict()
+    return summarize(*closed_loop(url, body.read(), body.header_dict(), concurrency, duration, timeout))
+
+
+def closed_loop(
+    url: str, data: bytes, headers: dict[str, str], concurrency: int, duration: float, timeout: float = 10.0
+) -> tuple[list[float], int, float]:
+    """`concurrency` threads POST `data` back to back for `duration` seconds; (latencies in s, errors, elapsed).
+    Also the load of deploy/gpu_load.py, which runs it in several processes to get past the GIL."""
+    parts = urlsplit(url)
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
@@ -109,7 +117,7 @@ def run_python(url: str, body: Body, concurrency: int, duration: float, timeout:
         t.start()
     for t in threads:
         t.join()
-    return summarize(latencies, errors[0], time.perf_counter() - started)
+    return latencies, errors[0], time.perf_counter() - started
 
 
 def summarize(latencies_s: list[float], errors: int, duration_s: float) -> LoadResult:

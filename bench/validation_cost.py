@@ -54,13 +54,13 @@ def _wait_ready(plane: object, timeout: float = 60.0) -> None:
 
 def measure(repository: Path, model: str, payload: str, body: bytes, seconds: float) -> ValidationCost:
     from service import codecs, create_app
+    from service.app import close_app, resources
     from service.schemas import predict_schema
 
     app = create_app({"model_repository": str(repository), "log_requests": "false", "log_level": "WARNING"})
-    plane = app.extensions["seqserve"]
+    plane, settings = resources(app).plane, resources(app).settings
     _wait_ready(plane)
     manifest = plane.get(model).manifest
-    settings = plane.settings
     schema = predict_schema(manifest.feature_names, settings.max_sequences, settings.max_timesteps)
     client = app.test_client()
     url = f"/v1/models/{model}/predict"
@@ -70,13 +70,16 @@ def measure(repository: Path, model: str, payload: str, body: bytes, seconds: fl
         assert response.status_code == 200, response.get_data(as_text=True)[:200]
 
     parsed = codecs.decode_json(body)
-    return ValidationCost(
-        model=model,
-        payload=payload,
-        request_ms=_median_ms(whole, seconds),
-        parse_ms=_median_ms(lambda: codecs.decode_json(body), seconds),
-        validate_ms=_median_ms(lambda: schema.load(parsed), seconds),
-    )
+    try:
+        return ValidationCost(
+            model=model,
+            payload=payload,
+            request_ms=_median_ms(whole, seconds),
+            parse_ms=_median_ms(lambda: codecs.decode_json(body), seconds),
+            validate_ms=_median_ms(lambda: schema.load(parsed), seconds),
+        )
+    finally:
+        close_app(app)
 
 
 def unavailable() -> str | None:

@@ -21,7 +21,7 @@ serve() {  # label env...
   echo "[$label] ready: $(get "http://127.0.0.1:$port/ready" 2>&1 | head -c 400)"
   for shape in "16 100" "1 100"; do
     set -- $shape
-    echo "[$label] $MODEL $1x$2 c32 $($PY deploy/gpu_load.py $port /v1/models/$MODEL/predict 4 8 "$SECONDS_EACH" $1 $2)"
+    echo "[$label] $MODEL $1x$2 c32 $(PYTHONPATH=. $PY deploy/gpu_load.py $port /v1/models/$MODEL/predict 4 8 "$SECONDS_EACH" $1 $2)"
   done
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
   kill -TERM $pid; wait $pid || true

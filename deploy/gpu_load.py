@@ -1,51 +1,24 @@
 """Closed-loop load for deploy/gpu-check.sh: PROCS processes x THREADS keep-alive clients POST one JSON body of
-SEQUENCES x TIMESTEPS x 6 features for SECONDS; prints one JSON line.
+SEQUENCES x TIMESTEPS x 6 features for SECONDS; prints one JSON line. The load loop is the benchmark's
+(`bench.loadgen.closed_loop`), run in several processes so that the client is not what limits a GPU server.
 
-    python deploy/gpu_load.py PORT PATH PROCS THREADS SECONDS SEQUENCES TIMESTEPS
+    PYTHONPATH=. python deploy/gpu_load.py PORT PATH PROCS THREADS SECONDS SEQUENCES TIMESTEPS
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import multiprocessing as mp
 import random
 import sys
-import threading
-import time
+
+from bench.loadgen import closed_loop, summarize
+
+HEADERS = {"Content-Type": "application/json"}
 
 
-def client(port: int, path: str, body: bytes, threads: int, seconds: float, results: mp.Queue) -> None:
-    latencies: list[float] = []
-    errors = [0]
-    lock = threading.Lock()
-    stop = time.monotonic() + seconds
-
-    def worker() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        while time.monotonic() < stop:
-            started = time.perf_counter()
-            try:
-                conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
-                response = conn.getresponse()
-                response.read()
-                ok = response.status == 200
-            except (OSError, http.client.HTTPException):
-                ok = False
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-            with lock:
-                if ok:
-                    latencies.append(time.perf_counter() - started)
-                else:
-                    errors[0] += 1
-
-    pool = [threading.Thread(target=worker) for _ in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    results.put((latencies, errors[0]))
+def client(url: str, body: bytes, threads: int, seconds: float, results: mp.Queue) -> None:
+    results.put(closed_loop(url, body, HEADERS, threads, seconds, timeout=60))
 
 
 def main(argv: list[str]) -> None:
@@ -54,28 +27,28 @@ def main(argv: list[str]) -> None:
     rng = random.Random(0)
     payload = [[[round(rng.gauss(0, 1), 4) for _ in range(6)] for _ in range(steps)] for _ in range(sequences)]
     body = json.dumps({"sequences": payload}).encode()
+    url = f"http://127.0.0.1:{port}{path}"
     results: mp.Queue = mp.Queue()
-    workers = [mp.Process(target=client, args=(port, path, body, threads, seconds, results)) for _ in range(procs)]
-    started = time.monotonic()
+    workers = [mp.Process(target=client, args=(url, body, threads, seconds, results)) for _ in range(procs)]
     for p in workers:
         p.start()
     outcomes = [results.get() for _ in workers]
     for p in workers:
         p.join()
-    elapsed = time.monotonic() - started
-    latencies = sorted(x for lat, _ in outcomes for x in lat)
-    n = len(latencies)
+    latencies = [x for lat, _, _ in outcomes for x in lat]
+    elapsed = max(e for _, _, e in outcomes)
+    result = summarize(latencies, sum(e for _, e, _ in outcomes), elapsed)
     print(
         json.dumps(
             {
                 "clients": procs * threads,
                 "seqs": sequences,
                 "steps": steps,
-                "req_s": round(n / elapsed, 1),
-                "seq_s": round(n * sequences / elapsed),
-                "p50_ms": round(1000 * latencies[n // 2], 2) if n else None,
-                "p99_ms": round(1000 * latencies[int(n * 0.99)], 2) if n else None,
-                "errors": sum(e for _, e in outcomes),
+                "req_s": round(result.rps, 1),
+                "seq_s": round(result.rps * sequences),
+                "p50_ms": round(result.p50_ms, 2),
+                "p99_ms": round(result.p99_ms, 2),
+                "errors": result.errors,
             }
         )
     )

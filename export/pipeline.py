@@ -3,57 +3,56 @@ through the repository's atomic publish. `python -m export` is the command line 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 import onnx
 import onnxruntime as ort
 import torch
 
-from export import artifacts, parity, repository
+from export import artifacts, parity
+from modelrepo import layout
+from modelrepo.manifest import Manifest, Normalization
 from models import checkpoint
 from models.model import parameter_count_formula
 
 log = logging.getLogger(__name__)
-MANIFEST_FORMAT = "seqserve-manifest/1"
+# The training metrics a manifest carries (shown by the service's model listing).
+MANIFEST_METRICS = ("accuracy", "macro_f1", "support", "split", "unit")
 
 
-def build_manifest(ckpt: checkpoint.Checkpoint, name: str, opset: int, run_dir: Path) -> dict[str, Any]:
+def build_manifest(ckpt: checkpoint.Checkpoint, name: str, opset: int, run_dir: Path) -> Manifest:
+    """Everything but the version and the file checksums, which the publish fills in."""
     config = ckpt.model.config
     inputs, outputs = artifacts.io_specs(config)
     metrics_file = run_dir / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-    return {
-        "format": MANIFEST_FORMAT,
-        "name": name,
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "model": {**config.to_dict(), "parameter_count": ckpt.model.parameter_count()},
-        "feature_names": ckpt.feature_names,
-        "class_names": ckpt.class_names,
-        "normalization": {
-            "mean": ckpt.model.feature_mean.tolist(),
-            "std": ckpt.model.feature_std.tolist(),
-        },
-        "training": {"seq_len": ckpt.seq_len, **ckpt.extra, "run_dir": str(run_dir)},
-        "metrics": {k: metrics[k] for k in ("accuracy", "macro_f1", "support", "split", "unit") if k in metrics},
-        "onnx": {
-            "file": artifacts.ONNX_FILE,
-            "opset": opset,
-            "inputs": [s.to_dict() for s in inputs],
-            "outputs": [s.to_dict() for s in outputs],
-        },
-        "torchscript": {"file": artifacts.TORCHSCRIPT_FILE},
-        "versions": {
+    return Manifest(
+        name=name,
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        model=config,
+        parameter_count=ckpt.model.parameter_count(),
+        feature_names=tuple(ckpt.feature_names),
+        class_names=tuple(ckpt.class_names),
+        normalization=Normalization(tuple(ckpt.model.feature_mean.tolist()), tuple(ckpt.model.feature_std.tolist())),
+        training={"seq_len": ckpt.seq_len, **ckpt.extra, "run_dir": str(run_dir)},
+        metrics={k: metrics[k] for k in MANIFEST_METRICS if k in metrics},
+        onnx_file=artifacts.ONNX_FILE,
+        opset=opset,
+        inputs=tuple(inputs),
+        outputs=tuple(outputs),
+        torchscript_file=artifacts.TORCHSCRIPT_FILE,
+        versions={
             "torch": torch.__version__,
             "onnx": onnx.__version__,
             "onnxruntime": ort.__version__,
             "seqserve": metadata.version("seqserve"),
         },
-    }
+    )
 
 
 def export_run(
@@ -69,13 +68,13 @@ def export_run(
         raise ValueError(f"{run_dir}: the model has {count} parameters, its config's closed form says {expected}")
     graph = artifacts.InferenceGraph(ckpt.model)
 
-    def build(folder: Path) -> dict[str, Any]:
+    def build(folder: Path) -> Manifest:
         artifacts.write_torchscript(graph, folder / artifacts.TORCHSCRIPT_FILE)
         artifacts.write_onnx(graph, folder / artifacts.ONNX_FILE, opset)
         report = parity.check(
             graph, folder / artifacts.TORCHSCRIPT_FILE, folder / artifacts.ONNX_FILE, ckpt.seq_len, tolerance
         )
         log.info("parity: max |Δprobability| %.2e (tolerance %.0e)", report.worst_probability, tolerance)
-        return {**build_manifest(ckpt, name, opset, run_dir), "parity": report.to_dict()}
+        return dataclasses.replace(build_manifest(ckpt, name, opset, run_dir), parity=report.to_dict())
 
-    return repository.publish(repository_dir, name, build)
+    return layout.publish(repository_dir, name, build)

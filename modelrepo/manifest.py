@@ -1,9 +1,14 @@
-"""The manifest's typed form: what a published model version is (its `ModelConfig`), what its ONNX graph takes and
-returns (`TensorSpec`), and the state tensors a unidirectional model carries between chunks of a stream."""
+"""`manifest.json`, typed: what a published model version is (its `ModelConfig`), what its ONNX graph takes and
+returns (`TensorSpec`), the state tensors a unidirectional model carries between chunks of a stream, and the
+sha256 of every file. Reading, writing and verifying it happen here and nowhere else."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 Cell = Literal["rnn", "gru", "lstm"]
@@ -85,3 +90,175 @@ class TensorSpec:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> TensorSpec:
         return cls(str(raw["name"]), str(raw["datatype"]), tuple(raw["shape"]))
+
+
+MANIFEST_FILE = "manifest.json"
+MANIFEST_FORMAT = "seqserve-manifest/1"
+
+
+class ManifestError(Exception):
+    """A version that cannot be served as it is on disk; the message says which file and why."""
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """The training split's feature statistics; the graphs apply (x - mean) / std themselves."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """`manifest.json` of one published version. `version` and `files` are filled in by `layout.publish`."""
+
+    name: str
+    model: ModelConfig
+    parameter_count: int
+    feature_names: tuple[str, ...]
+    class_names: tuple[str, ...]
+    normalization: Normalization
+    onnx_file: str
+    opset: int
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    torchscript_file: str
+    version: int = 0
+    files: dict[str, FileEntry] = field(default_factory=dict)
+    created: str = ""
+    # Informational sections, shown to users as they are: how it was trained, how well, with what, parity figures.
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    parity: dict[str, Any] = field(default_factory=dict)
+    format: str = MANIFEST_FORMAT
+
+    @property
+    def input_dim(self) -> int:
+        return len(self.feature_names)
+
+    @property
+    def head(self) -> str:
+        return self.model.head
+
+    @property
+    def per_timestep(self) -> bool:
+        return self.model.head == "per_timestep"
+
+    @property
+    def state_inputs(self) -> tuple[TensorSpec, ...]:
+        """The graph's state inputs (h0, c0) in order; empty for a bidirectional model."""
+        names = state_names(self.model)[0]
+        return tuple(t for t in self.inputs if t.name in names)
+
+    def input(self, name: str) -> TensorSpec | None:
+        return next((t for t in self.inputs if t.name == name), None)
+
+    def output(self, name: str) -> TensorSpec | None:
+        return next((t for t in self.outputs if t.name == name), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "name": self.name,
+            "version": self.version,
+            "created": self.created,
+            "model": {**self.model.to_dict(), "parameter_count": self.parameter_count},
+            "feature_names": list(self.feature_names),
+            "class_names": list(self.class_names),
+            "normalization": {"mean": list(self.normalization.mean), "std": list(self.normalization.std)},
+            "training": self.training,
+            "metrics": self.metrics,
+            "onnx": {
+                "file": self.onnx_file,
+                "opset": self.opset,
+                "inputs": [t.to_dict() for t in self.inputs],
+                "outputs": [t.to_dict() for t in self.outputs],
+            },
+            "torchscript": {"file": self.torchscript_file},
+            "versions": self.versions,
+            "parity": self.parity,
+            "files": {name: {"sha256": f.sha256, "bytes": f.bytes} for name, f in self.files.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Manifest:
+        model = dict(raw["model"])
+        parameter_count = int(model.pop("parameter_count"))
+        return cls(
+            format=str(raw.get("format", MANIFEST_FORMAT)),
+            name=str(raw["name"]),
+            version=int(raw["version"]),
+            created=str(raw.get("created", "")),
+            model=ModelConfig(**model),
+            parameter_count=parameter_count,
+            feature_names=tuple(str(n) for n in raw["feature_names"]),
+            class_names=tuple(str(n) for n in raw["class_names"]),
+            normalization=Normalization(
+                tuple(float(x) for x in raw["normalization"]["mean"]),
+                tuple(float(x) for x in raw["normalization"]["std"]),
+            ),
+            training=dict(raw.get("training", {})),
+            metrics=dict(raw.get("metrics", {})),
+            onnx_file=str(raw["onnx"]["file"]),
+            opset=int(raw["onnx"]["opset"]),
+            inputs=tuple(TensorSpec.from_dict(t) for t in raw["onnx"]["inputs"]),
+            outputs=tuple(TensorSpec.from_dict(t) for t in raw["onnx"]["outputs"]),
+            torchscript_file=str(raw.get("torchscript", {}).get("file", "")),
+            versions=dict(raw.get("versions", {})),
+            parity=dict(raw.get("parity", {})),
+            files={n: FileEntry(str(f["sha256"]), int(f["bytes"])) for n, f in raw.get("files", {}).items()},
+        )
+
+
+def read(folder: Path) -> Manifest:
+    """The manifest of a version folder, typed; `ManifestError` names the file and what is wrong with it."""
+    path = folder / MANIFEST_FILE
+    try:
+        return Manifest.from_dict(json.loads(path.read_bytes()))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ManifestError(f"{path}: unreadable manifest ({type(exc).__name__}: {exc})") from exc
+
+
+def write(folder: Path, manifest: Manifest) -> None:
+    """Write and fsync `manifest.json` (the publish renames the folder only once everything is on disk)."""
+    with (folder / MANIFEST_FILE).open("wb") as f:
+        f.write(json.dumps(manifest.to_dict(), indent=2).encode())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_entries(folder: Path) -> dict[str, FileEntry]:
+    """Checksums of every file in a version folder but the manifest itself."""
+    return {
+        p.name: FileEntry(sha256(p), p.stat().st_size)
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != MANIFEST_FILE
+    }
+
+
+def verify(folder: Path, manifest: Manifest) -> None:
+    """Every file the manifest lists is there with its sha256; the ONNX file must be listed."""
+    if manifest.onnx_file not in manifest.files:
+        raise ManifestError(f"{folder}: manifest lists no checksum for {manifest.onnx_file}")
+    for name, entry in manifest.files.items():
+        path = folder / name
+        if not path.is_file():
+            raise ManifestError(f"{path}: listed in the manifest but missing")
+        digest = sha256(path)
+        if digest != entry.sha256:
+            raise ManifestError(f"{path}: sha256 {digest[:12]}… does not match the manifest's {entry.sha256[:12]}…")

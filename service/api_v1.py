@@ -8,28 +8,40 @@ from typing import Any
 from flask import Blueprint, Response, g, request
 
 from service import codecs
-from service.dataplane import ModelVersion
-from service.http import dataplane, json_response, model_versions, read_body, resolve_model
+from service.codecs import PredictRequest, RawMeta
+from service.dataplane import LoadedModel, ModelVersion
+from service.errors import UnsupportedMediaType
+from service.http import (
+    codec_errors,
+    dataplane,
+    json_response,
+    limits,
+    model_versions,
+    read_body,
+    resolve_model,
+    v1_status,
+)
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
+codec_errors(bp, v1_status)
 
 
-def describe(model: ModelVersion) -> dict[str, Any]:
-    info = model.describe()
-    if model.manifest is not None:
-        m = model.manifest
+def describe(version: ModelVersion) -> dict[str, Any]:
+    info = version.describe()
+    if version.loaded is not None:
+        m = version.loaded.manifest
         info.update(
             classes=m.class_names,
             feature_names=m.feature_names,
             input_dim=m.input_dim,
             head=m.head,
-            cell=m.raw["model"]["cell"],
-            hidden_size=m.raw["model"]["hidden_size"],
-            layers=m.raw["model"]["num_layers"],
-            bidirectional=m.raw["model"]["bidirectional"],
-            metrics=m.raw.get("metrics", {}),
-            batching=asdict(model.policy) if model.policy else None,
-            created=m.raw.get("created"),
+            cell=m.model.cell,
+            hidden_size=m.model.hidden_size,
+            layers=m.model.num_layers,
+            bidirectional=m.model.bidirectional,
+            metrics=m.metrics,
+            batching=asdict(version.loaded.policy),
+            created=m.created or None,
         )
     return info
 
@@ -52,8 +64,24 @@ def get_model(name: str) -> Response:
 def predict(name: str, version: str | None = None) -> Response:
     body = read_body()  # first: an unread body would cost the client its keep-alive connection on a 404
     model = resolve_model(name, version)
-    assert model.manifest is not None
-    plane = dataplane()
-    parsed = codecs.v1_request(body, request.mimetype, request.headers, request.args, model.manifest, plane.settings)
-    outputs = plane.infer(model, {"features": parsed.features, "lengths": parsed.lengths})
+    parsed = parse_predict(body, model)
+    outputs = dataplane().infer(model, {"features": parsed.features, "lengths": parsed.lengths})
     return json_response(codecs.v1_response(model.manifest, parsed, outputs, g.get("request_id")))
+
+
+def parse_predict(body: bytes, model: LoadedModel) -> PredictRequest:
+    """The codec for the body's Content-Type."""
+    kind = request.mimetype
+    if kind in ("", "application/json"):
+        return codecs.v1_json(body, model.manifest, limits())
+    meta = RawMeta(
+        request.headers.get("Seqserve-Shape"), request.headers.get("Seqserve-Lengths"), request.args.get("outputs")
+    )
+    if kind == "application/octet-stream":
+        return codecs.v1_raw(body, meta, model.manifest, limits())
+    if kind == "application/x-npy":
+        return codecs.v1_npy(body, meta, model.manifest, limits())
+    raise UnsupportedMediaType(
+        f"Content-Type {kind!r} is not supported; use application/json, application/octet-stream "
+        "(with a Seqserve-Shape header) or application/x-npy"
+    )

@@ -10,11 +10,21 @@ from typing import Any
 from flask import Blueprint, Response, request
 
 from service import codecs
-from service.dataplane import ModelVersion, State
-from service.errors import NotFound
-from service.http import dataplane, json_response, model_versions, path_params, read_body, resolve_model
+from service.dataplane import LoadedModel, State
+from service.errors import BadRequest, NotFound
+from service.http import (
+    codec_errors,
+    dataplane,
+    json_response,
+    limits,
+    model_versions,
+    path_params,
+    read_body,
+    resolve_model,
+)
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
+codec_errors(bp, lambda exc: BadRequest)  # the protocol answers every unusable request with 400
 EXTENSIONS = ["binary_tensor_data", "model_configuration"]
 _TRITON_TYPES = {"FP32": "TYPE_FP32", "INT64": "TYPE_INT64"}
 
@@ -35,8 +45,7 @@ def ready() -> Response:
     return json_response({"ready": is_ready}, 200 if is_ready else 503)
 
 
-def _metadata(model: ModelVersion) -> dict[str, Any]:
-    assert model.manifest is not None
+def _metadata(model: LoadedModel) -> dict[str, Any]:
     m = model.manifest
     return {
         "name": m.name,
@@ -48,7 +57,7 @@ def _metadata(model: ModelVersion) -> dict[str, Any]:
             "classes": list(m.class_names),
             "feature_names": list(m.feature_names),
             "head": m.head,
-            "provider": model.provider,
+            "provider": model.runtime.provider,
             "optional_inputs": [t.name for t in m.inputs[1:]],
         },
     }
@@ -78,7 +87,6 @@ def model_ready(name: str, version: str | None = None) -> Response:
 def model_config(name: str, version: str | None = None) -> Response:
     """Triton's model configuration: batch is an explicit dynamic dimension (max_batch_size 0)."""
     m = resolve_model(name, version).manifest
-    assert m is not None
 
     def tensor(t: Any, optional: bool) -> dict[str, Any]:
         entry = {"name": t.name, "data_type": _TRITON_TYPES[t.datatype], "dims": t.v2_shape()}
@@ -102,11 +110,7 @@ def model_config(name: str, version: str | None = None) -> Response:
 def infer(name: str, version: str | None = None) -> Response:
     body = read_body()  # first: an unread body would cost the client its keep-alive connection on a 404
     model = resolve_model(name, version)
-    assert model.manifest is not None
-    plane = dataplane()
-    parsed = codecs.v2_request(
-        body, request.headers.get("Inference-Header-Content-Length"), model.manifest, plane.settings
-    )
-    outputs = plane.infer(model, parsed.inputs)
+    parsed = codecs.v2_request(body, request.headers.get("Inference-Header-Content-Length"), model.manifest, limits())
+    outputs = dataplane().infer(model, parsed.inputs)
     body, headers = codecs.v2_response(model.manifest, parsed, outputs)
     return Response(body, status=200, headers=headers)

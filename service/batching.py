@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from modelrepo.manifest import Manifest
 from service.errors import NotReady, Overloaded, Timeout
-from service.repository import Manifest
 
 log = logging.getLogger(__name__)
 Arrays = dict[str, np.ndarray]

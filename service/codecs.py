@@ -1,14 +1,14 @@
 """Wire formats <-> numpy arrays: v1 JSON, v1 raw float32 / .npy bodies, and KServe V2 JSON and binary tensors.
 
-Codecs validate as they decode (with the schemas in `service.schemas`) and raise `ServiceError`s that locate the
-problem; they never see onnxruntime. Responses are encoded with orjson straight from numpy arrays.
+Codecs validate as they decode (with the schemas in `service.schemas`) and raise one error type, `CodecError`,
+whose message locates the problem; they know neither HTTP nor onnxruntime, and each API decides the status of a
+`CodecError` (v1: 400 for a body that cannot be read, 422 for content that breaks the schema; V2: always 400).
+Responses are encoded with orjson straight from numpy arrays.
 """
 
 from __future__ import annotations
 
-import gzip
 import io
-import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,10 +16,8 @@ import numpy as np
 import orjson
 from marshmallow import Schema, ValidationError
 
-from service.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from service.repository import Manifest, TensorInfo
+from modelrepo.manifest import Manifest, TensorSpec
 from service.schemas import BinaryRequestSchema, InferRequestSchema, flatten_errors, predict_schema
-from service.settings import Settings
 
 NUMPY = orjson.OPT_SERIALIZE_NUMPY
 V2_DTYPES = {"FP32": np.dtype("<f4"), "INT64": np.dtype("<i8")}
@@ -27,85 +25,82 @@ _binary_schema = BinaryRequestSchema()
 _infer_schema = InferRequestSchema()
 
 
-def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
-    """`Content-Encoding`: identity or gzip (bounded, against decompression bombs)."""
-    encoding = (encoding or "identity").strip().lower()
-    if encoding == "identity":
-        return body
-    if encoding != "gzip":
-        raise BadRequest(f"Content-Encoding {encoding!r} is not supported; use gzip or none")
-    try:
-        with gzip.GzipFile(fileobj=io.BytesIO(body)) as f:
-            data = f.read(limit + 1)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise BadRequest(f"body is not valid gzip: {exc}") from None
-    if len(data) > limit:
-        raise PayloadTooLarge(f"decompressed body exceeds {limit} bytes")
-    return data
+class CodecError(Exception):
+    """Wire data that cannot become the model's inputs. `unreadable`: the body itself cannot be read (malformed
+    JSON, binary framing that does not add up); otherwise it was read and its content breaks the schema."""
+
+    def __init__(self, message: str, details: Any = None, *, unreadable: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        self.unreadable = unreadable
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may hold (`SEQSERVE_MAX_SEQUENCES`, `SEQSERVE_MAX_TIMESTEPS`)."""
+
+    max_sequences: int
+    max_timesteps: int
 
 
 def decode_json(body: bytes) -> Any:
     if not body:
-        raise BadRequest("empty body: expected a JSON object")
+        raise CodecError("empty body: expected a JSON object", unreadable=True)
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"body is not valid JSON: {exc}") from None
+        raise CodecError(f"body is not valid JSON: {exc}", unreadable=True) from None
 
 
-def load(schema: Schema, data: Any, error: type[BadRequest] | type[InvalidInput] = InvalidInput) -> dict[str, Any]:
+def load(schema: Schema, data: Any, *, unreadable: bool = False) -> dict[str, Any]:
     """`schema.load`, with marshmallow's nested errors turned into one located message plus details."""
     if not isinstance(data, dict):
-        raise error(f"body: expected a JSON object, got {type(data).__name__}")
+        raise CodecError(f"body: expected a JSON object, got {type(data).__name__}", unreadable=unreadable)
     try:
         return schema.load(data)
     except ValidationError as exc:
         lines = flatten_errors(exc.messages)
         more = f" (and {len(lines) - 3} more)" if len(lines) > 3 else ""
-        raise error("; ".join(lines[:3]) + more, details=exc.messages) from None
+        raise CodecError("; ".join(lines[:3]) + more, details=exc.messages, unreadable=unreadable) from None
 
 
-def locate_nonfinite(
-    features: np.ndarray, lengths: np.ndarray, error: type[BadRequest] | type[InvalidInput] = InvalidInput
-) -> None:
+def locate_nonfinite(features: np.ndarray, lengths: np.ndarray) -> None:
     """Binary inputs can carry NaN/Inf (JSON cannot): point at the first one inside a sequence."""
     bad = ~np.isfinite(features)
     bad &= np.arange(features.shape[1])[None, :, None] < lengths[:, None, None]
     if bad.any():
         i, t, f = (int(v) for v in np.argwhere(bad)[0])
-        raise error(
+        raise CodecError(
             f"sequences[{i}][{t}][{f}]: value {features[i, t, f]} is not finite",
             details={"sequences": {i: {t: {f: ["not finite"]}}}},
         )
 
 
-def check_batch(
-    features: np.ndarray,
-    lengths: np.ndarray,
-    manifest: Manifest,
-    settings: Settings,
-    error: type[BadRequest] | type[InvalidInput] = InvalidInput,
-) -> None:
+def check_batch(features: np.ndarray, lengths: np.ndarray, manifest: Manifest, limits: Limits) -> None:
     """Shape, limits and lengths of a decoded batch (the JSON path checks these in its schema)."""
     batch, steps, width = features.shape
     if width != manifest.input_dim:
-        raise error(f"features: expected {manifest.input_dim} features per timestep, got {width}")
+        raise CodecError(f"features: expected {manifest.input_dim} features per timestep, got {width}")
     if batch < 1 or steps < 1:
-        raise error(f"features: empty batch or sequence (shape {list(features.shape)})")
-    if batch > settings.max_sequences:
-        raise error(f"features: {batch} sequences exceed the limit of {settings.max_sequences} per request")
-    if steps > settings.max_timesteps:
-        raise error(f"features: {steps} timesteps exceed the limit of {settings.max_timesteps} per sequence")
+        raise CodecError(f"features: empty batch or sequence (shape {list(features.shape)})")
+    if batch > limits.max_sequences:
+        raise CodecError(f"features: {batch} sequences exceed the limit of {limits.max_sequences} per request")
+    if steps > limits.max_timesteps:
+        raise CodecError(f"features: {steps} timesteps exceed the limit of {limits.max_timesteps} per sequence")
     if lengths.shape != (batch,):
-        raise error(f"lengths: expected {batch} values (one per sequence), got shape {list(lengths.shape)}")
+        raise CodecError(f"lengths: expected {batch} values (one per sequence), got shape {list(lengths.shape)}")
     bad = np.flatnonzero((lengths < 1) | (lengths > steps))
     if bad.size:
         i = int(bad[0])
-        raise error(f"lengths[{i}]: {int(lengths[i])} is outside 1..{steps} (the time dimension)")
-    locate_nonfinite(features, lengths, error)
+        raise CodecError(f"lengths[{i}]: {int(lengths[i])} is outside 1..{steps} (the time dimension)")
+    locate_nonfinite(features, lengths)
 
 
 # ------------------------------------------------------------------------------------------------------ v1
+
+
+DEFAULT_OUTPUTS = ("labels", "probabilities")
 
 
 @dataclass(frozen=True)
@@ -116,48 +111,55 @@ class PredictRequest:
     id: str | None = None
 
 
-def v1_request(
-    body: bytes, mimetype: str, headers: Any, args: Any, manifest: Manifest, settings: Settings
-) -> PredictRequest:
-    if mimetype in ("", "application/json"):
-        schema = predict_schema(manifest.feature_names, settings.max_sequences, settings.max_timesteps)
-        data = load(schema, decode_json(body))
-        batch = data["sequences"]
-        return PredictRequest(batch.features, batch.lengths, tuple(dict.fromkeys(data["outputs"])), data.get("id"))
-    if mimetype in ("application/octet-stream", "application/x-npy"):
-        return _v1_binary(body, mimetype, headers, args, manifest, settings)
-    raise UnsupportedMediaType(
-        f"Content-Type {mimetype!r} is not supported; use application/json, application/octet-stream "
-        "(with a Seqserve-Shape header) or application/x-npy"
-    )
+@dataclass(frozen=True)
+class RawMeta:
+    """What a raw v1 body comes with: the `Seqserve-Shape` and `Seqserve-Lengths` headers and the `outputs` query
+    argument, as given (None when absent)."""
+
+    shape: str | None = None
+    lengths: str | None = None
+    outputs: str | None = None
 
 
-def _v1_binary(
-    body: bytes, mimetype: str, headers: Any, args: Any, manifest: Manifest, settings: Settings
-) -> PredictRequest:
-    fields = {
-        "shape": headers.get("Seqserve-Shape"),
-        "lengths": headers.get("Seqserve-Lengths"),
-        "outputs": args.get("outputs"),
-    }
-    fields = {k: v for k, v in fields.items() if v is not None}
-    if mimetype == "application/x-npy":
-        fields.setdefault("shape", "0,0,0")  # the .npy header carries the shape
-    meta = load(_binary_schema, fields, BadRequest)
-    if mimetype == "application/x-npy":
-        features = _read_npy(body)
-    else:
-        shape = tuple(int(x) for x in meta["shape"].split(","))
-        expected = int(np.prod(shape)) * 4
-        if len(body) != expected:
-            raise BadRequest(f"body: {len(body)} bytes, but Seqserve-Shape {list(shape)} of float32 needs {expected}")
-        features = np.frombuffer(body, dtype="<f4").reshape(shape)
-    if "lengths" in meta:
-        lengths = np.array([int(x) for x in meta["lengths"].split(",")], dtype=np.int64)
+def v1_json(body: bytes, manifest: Manifest, limits: Limits) -> PredictRequest:
+    schema = predict_schema(manifest.feature_names, limits.max_sequences, limits.max_timesteps)
+    data = load(schema, decode_json(body))
+    batch = data["sequences"]
+    return PredictRequest(batch.features, batch.lengths, tuple(dict.fromkeys(data["outputs"])), data.get("id"))
+
+
+def v1_raw(body: bytes, meta: RawMeta, manifest: Manifest, limits: Limits) -> PredictRequest:
+    """A little-endian float32 body shaped by `Seqserve-Shape: B,T,F`."""
+    fields = _raw_fields(meta, require_shape=True)
+    shape = tuple(int(x) for x in fields["shape"].split(","))
+    expected = int(np.prod(shape)) * 4
+    if len(body) != expected:
+        raise CodecError(
+            f"body: {len(body)} bytes, but Seqserve-Shape {list(shape)} of float32 needs {expected}", unreadable=True
+        )
+    return _v1_array(np.frombuffer(body, dtype="<f4").reshape(shape), fields, manifest, limits)
+
+
+def v1_npy(body: bytes, meta: RawMeta, manifest: Manifest, limits: Limits) -> PredictRequest:
+    """A `.npy` file of a float array [B, T, F]; its own header carries the shape."""
+    fields = _raw_fields(meta, require_shape=False)
+    return _v1_array(_read_npy(body), fields, manifest, limits)
+
+
+def _raw_fields(meta: RawMeta, require_shape: bool) -> dict[str, Any]:
+    given = {k: v for k, v in vars(meta).items() if v is not None}
+    if not require_shape:
+        given.setdefault("shape", "0,0,0")  # the .npy header carries the shape
+    return load(_binary_schema, given, unreadable=True)
+
+
+def _v1_array(features: np.ndarray, fields: dict[str, Any], manifest: Manifest, limits: Limits) -> PredictRequest:
+    if "lengths" in fields:
+        lengths = np.array([int(x) for x in fields["lengths"].split(",")], dtype=np.int64)
     else:
         lengths = np.full(features.shape[0], features.shape[1], dtype=np.int64)
-    check_batch(features, lengths, manifest, settings)
-    outputs = tuple(dict.fromkeys(meta["outputs"].split(","))) if "outputs" in meta else ("labels", "probabilities")
+    check_batch(features, lengths, manifest, limits)
+    outputs = tuple(dict.fromkeys(fields["outputs"].split(","))) if "outputs" in fields else DEFAULT_OUTPUTS
     return PredictRequest(features, lengths, outputs)
 
 
@@ -165,9 +167,11 @@ def _read_npy(body: bytes) -> np.ndarray:
     try:
         array = np.lib.format.read_array(io.BytesIO(body), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise BadRequest(f"body is not a readable .npy array: {exc}") from None
+        raise CodecError(f"body is not a readable .npy array: {exc}", unreadable=True) from None
     if array.ndim != 3 or array.dtype.kind != "f":
-        raise BadRequest(f"body: expected a 3-D float array [B, T, F], got {array.dtype} {list(array.shape)}")
+        raise CodecError(
+            f"body: expected a 3-D float array [B, T, F], got {array.dtype} {list(array.shape)}", unreadable=True
+        )
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
@@ -218,23 +222,24 @@ class InferRequest:
     id: str | None
 
 
-def v2_request(body: bytes, header_length: str | None, manifest: Manifest, settings: Settings) -> InferRequest:
+def v2_request(body: bytes, header_length: str | None, manifest: Manifest, limits: Limits) -> InferRequest:
     header, binary = _v2_split(body, header_length)
-    request = load(_infer_schema, decode_json(header), BadRequest)
+    request = load(_infer_schema, decode_json(header), unreadable=True)
     inputs = _v2_inputs(request["inputs"], binary, manifest)
     features = inputs.get("features")
     if features is None:
-        raise BadRequest(f"input 'features' is required; model inputs: {[t.name for t in manifest.inputs]}")
+        raise CodecError(f"input 'features' is required; model inputs: {[t.name for t in manifest.inputs]}")
     lengths = inputs.setdefault("lengths", np.full(features.shape[0], features.shape[1], dtype=np.int64))
-    check_batch(features, lengths, manifest, settings, BadRequest)
+    check_batch(features, lengths, manifest, limits)
     batch = features.shape[0]
     for name, array in inputs.items():
         spec = manifest.input(name)
-        assert spec is not None
+        if spec is None:  # _v2_inputs accepts only the model's inputs
+            raise CodecError(f"unexpected inference input {name!r}")
         if array.shape[spec.batch_axis] != batch:
-            raise BadRequest(f"input {name!r}: batch dimension {array.shape[spec.batch_axis]}, features has {batch}")
+            raise CodecError(f"input {name!r}: batch dimension {array.shape[spec.batch_axis]}, features has {batch}")
         if not np.isfinite(array).all():
-            raise BadRequest(f"input {name!r}: holds values that are not finite")
+            raise CodecError(f"input {name!r}: holds values that are not finite")
     return InferRequest(inputs, _v2_outputs(request, manifest), request.get("id"))
 
 
@@ -244,9 +249,9 @@ def _v2_split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     try:
         size = int(header_length)
     except ValueError:
-        raise BadRequest(f"Inference-Header-Content-Length {header_length!r} is not an integer") from None
+        raise CodecError(f"Inference-Header-Content-Length {header_length!r} is not an integer") from None
     if not 0 < size <= len(body):
-        raise BadRequest(f"Inference-Header-Content-Length {size} does not fit a body of {len(body)} bytes")
+        raise CodecError(f"Inference-Header-Content-Length {size} does not fit a body of {len(body)} bytes")
     return body[:size], body[size:]
 
 
@@ -257,21 +262,21 @@ def _v2_inputs(requested: list[dict[str, Any]], binary: bytes, manifest: Manifes
         name = item["name"]
         spec = manifest.input(name)
         if spec is None:
-            raise BadRequest(f"unexpected inference input {name!r}; model inputs: {[t.name for t in manifest.inputs]}")
+            raise CodecError(f"unexpected inference input {name!r}; model inputs: {[t.name for t in manifest.inputs]}")
         if name in inputs:
-            raise BadRequest(f"input {name!r} appears twice")
+            raise CodecError(f"input {name!r} appears twice")
         shape = _v2_shape(item, spec)
         dtype = V2_DTYPES[spec.datatype]
         count = int(np.prod(shape))
         size = item["parameters"].get("binary_data_size")
         if size is not None:
             if size != count * dtype.itemsize:
-                raise BadRequest(
+                raise CodecError(
                     f"input {name!r}: binary_data_size {size}, shape {shape} of {spec.datatype} needs "
                     f"{count * dtype.itemsize} bytes"
                 )
             if offset + size > len(binary):
-                raise BadRequest(f"input {name!r}: binary data ends after {len(binary) - offset} of {size} bytes")
+                raise CodecError(f"input {name!r}: binary data ends after {len(binary) - offset} of {size} bytes")
             array = np.frombuffer(binary, dtype=dtype, count=count, offset=offset).reshape(shape)
             if not array.flags.aligned:  # an int64 tensor after an odd number of float32 values
                 array = array.copy()
@@ -279,25 +284,25 @@ def _v2_inputs(requested: list[dict[str, Any]], binary: bytes, manifest: Manifes
         else:
             data = item["data"]
             if data.size != count:
-                raise BadRequest(f"input {name!r}: {data.size} values in data, shape {shape} needs {count}")
+                raise CodecError(f"input {name!r}: {data.size} values in data, shape {shape} needs {count}")
             if dtype.kind == "i" and data.dtype.kind != "i":
-                raise BadRequest(f"input {name!r}: {spec.datatype} data must hold integers")
+                raise CodecError(f"input {name!r}: {spec.datatype} data must hold integers")
             array = data.astype(dtype, copy=False).reshape(shape)
         inputs[name] = array
     if offset != len(binary):
-        raise BadRequest(f"binary body has {len(binary) - offset} bytes that no input's binary_data_size claims")
+        raise CodecError(f"binary body has {len(binary) - offset} bytes that no input's binary_data_size claims")
     return inputs
 
 
-def _v2_shape(item: dict[str, Any], spec: TensorInfo) -> list[int]:
+def _v2_shape(item: dict[str, Any], spec: TensorSpec) -> list[int]:
     name, shape = item["name"], item["shape"]
     if item["datatype"] != spec.datatype:
-        raise BadRequest(f"input {name!r}: datatype {item['datatype']}, the model expects {spec.datatype}")
+        raise CodecError(f"input {name!r}: datatype {item['datatype']}, the model expects {spec.datatype}")
     if len(shape) != len(spec.shape):
-        raise BadRequest(f"input {name!r}: shape {shape} has {len(shape)} dimensions, expected {spec.v2_shape()}")
+        raise CodecError(f"input {name!r}: shape {shape} has {len(shape)} dimensions, expected {spec.v2_shape()}")
     for axis, (got, want) in enumerate(zip(shape, spec.shape, strict=True)):
         if isinstance(want, int) and got != want:
-            raise BadRequest(f"input {name!r}: dimension {axis} is {got}, expected {want} (shape {spec.v2_shape()})")
+            raise CodecError(f"input {name!r}: dimension {axis} is {got}, expected {want} (shape {spec.v2_shape()})")
     return shape
 
 
@@ -309,7 +314,7 @@ def _v2_outputs(request: dict[str, Any], manifest: Manifest) -> dict[str, bool]:
     wanted = {}
     for item in asked:
         if manifest.output(item["name"]) is None:
-            raise BadRequest(
+            raise CodecError(
                 f"unexpected inference output {item['name']!r}; model outputs: {[t.name for t in manifest.outputs]}"
             )
         wanted[item["name"]] = bool(item["parameters"].get("binary_data", default_binary))
@@ -323,7 +328,8 @@ def v2_response(
     for name, as_binary in request.outputs.items():
         array = np.ascontiguousarray(outputs[name])
         spec = manifest.output(name)
-        assert spec is not None
+        if spec is None:  # _v2_outputs accepts only the model's outputs
+            raise CodecError(f"unexpected inference output {name!r}")
         tensor: dict[str, Any] = {"name": name, "datatype": spec.datatype, "shape": list(array.shape)}
         if as_binary:
             blob = array.astype(V2_DTYPES[spec.datatype], copy=False).tobytes()

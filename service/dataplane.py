@@ -2,8 +2,11 @@
 
 Models load in a background thread, so the process answers `/health` at once and `/ready` says 503 until every
 version is loaded, checked and warm. With `poll_interval` > 0 the same thread re-scans the repository and loads
-new versions (warm before they are visible: no downtime) and drops removed ones. Every gunicorn worker has its own
-dataplane; nothing here is shared between workers or replicas.
+new versions (warm before they are visible: no downtime) and drops removed ones; `stop` ends it. Every gunicorn
+worker has its own dataplane; what workers share (readiness) goes through the server's state folder.
+
+A `ModelVersion` is what the loader knows of a version folder (loading, ready or failed, and why); once ready it
+carries a `LoadedModel`, the only thing the APIs serve from.
 """
 
 from __future__ import annotations
@@ -19,19 +22,13 @@ from typing import Any
 import numpy as np
 from marshmallow import ValidationError
 
-from service import metrics
+from modelrepo import layout
+from modelrepo import manifest as manifests
+from modelrepo.layout import VersionDir
+from modelrepo.manifest import Manifest, ManifestError
 from service.batching import AdaptiveBatcher, Arrays, BatchObserver
 from service.errors import NotFound, NotReady
-from service.repository import (
-    MODEL_CONFIG_FILE,
-    LoadError,
-    Manifest,
-    VersionDir,
-    read_manifest,
-    read_model_config,
-    scan,
-    verify_files,
-)
+from service.metrics import Metrics
 from service.runtime import CUDA, ModelRuntime, install_problems
 from service.schemas import ModelConfigSchema, flatten_errors
 from service.settings import BatchPolicy, Settings
@@ -46,45 +43,68 @@ class State(enum.StrEnum):
     FAILED = "failed"
 
 
+class LoadError(Exception):
+    """A version that cannot be served; the message says why."""
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """A version that can serve: verified files, a warm onnxruntime session, its batching policy."""
+
+    manifest: Manifest
+    runtime: ModelRuntime
+    policy: BatchPolicy
+    batcher: AdaptiveBatcher | None  # None: batching off for this model
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> int:
+        return self.manifest.version
+
+
 @dataclass
 class ModelVersion:
-    name: str
-    version: int
-    path: Path
+    entry: VersionDir
     state: State = State.LOADING
     reason: str = ""
-    manifest: Manifest | None = None
-    runtime: ModelRuntime | None = None
-    batcher: AdaptiveBatcher | None = None
-    policy: BatchPolicy | None = None  # adaptive batching, after the model's config.json
+    loaded: LoadedModel | None = None  # set exactly when state is READY
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    @property
+    def version(self) -> int:
+        return self.entry.version
 
     @property
     def key(self) -> str:
-        return f"{self.name}/{self.version}"
-
-    @property
-    def provider(self) -> str | None:
-        return self.runtime.provider if self.runtime else None
+        return self.entry.key
 
     def describe(self) -> dict[str, Any]:
         return {
             "version": self.version,
             "state": str(self.state),
             "reason": self.reason or None,
-            "provider": self.provider,
+            "provider": self.loaded.runtime.provider if self.loaded else None,
         }
 
 
 class DataPlane:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.root = Path(settings.model_repository)
         self._models: dict[str, dict[int, ModelVersion]] = {}
         self._lock = threading.Lock()
         self._scan_error = ""
         self._first_scan = threading.Event()
+        self._stopping = threading.Event()
         self._config_schema = ModelConfigSchema()
-        self._workers = WorkerBoard(settings.state_dir, settings.workers)
+        self._workers = WorkerBoard(settings.state_dir, settings.worker_count)
         self.install_problems = install_problems()
         for problem in self.install_problems:
             log.error("broken onnxruntime install: %s", problem)
@@ -93,6 +113,16 @@ class DataPlane:
     def start(self) -> None:
         self._thread.start()
 
+    def stop(self, timeout: float = 30.0) -> None:
+        """End the loader (after the version it is loading) and refuse new work on every model."""
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        with self._lock:
+            batchers = [v.loaded.batcher for v in self._all() if v.loaded and v.loaded.batcher]
+        for batcher in batchers:
+            batcher.stop()
+
     def wait_loaded(self, timeout: float | None = None) -> bool:
         """Block until the first repository scan has loaded (or failed) every version found."""
         return self._first_scan.wait(timeout)
@@ -100,7 +130,7 @@ class DataPlane:
     # -------------------------------------------------------------------------------------------- loading
 
     def _watch(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 self.sync()
                 self._scan_error = ""
@@ -110,20 +140,20 @@ class DataPlane:
                 self._first_scan.set()
             if self.settings.poll_interval <= 0:
                 return
-            time.sleep(self.settings.poll_interval)
+            self._stopping.wait(self.settings.poll_interval)
 
     def sync(self) -> None:
         """Load versions that appeared, drop versions that disappeared."""
-        found = {(v.name, v.version): v for v in scan(self.root)}
+        found = {(v.name, v.version): v for v in layout.scan(self.root)}
         with self._lock:
             known = {(v.name, v.version) for v in self._all()}
-        new = [
-            ModelVersion(found[key].name, found[key].version, found[key].path) for key in sorted(found.keys() - known)
-        ]
+        new = [ModelVersion(found[key]) for key in sorted(found.keys() - known)]
         with self._lock:  # all visible as "loading" in /ready at once, none servable yet
             for version in new:
                 self._models.setdefault(version.name, {})[version.version] = version
         for version in new:
+            if self._stopping.is_set():
+                break
             self._load(version)
         for name, number in sorted(known - found.keys()):
             self._unload(name, number)
@@ -131,47 +161,45 @@ class DataPlane:
         self._workers.publish(self._own_readiness()[0])
 
     def _load(self, version: ModelVersion) -> None:
-        entry = VersionDir(version.name, version.version, version.path)
         started = time.perf_counter()
         try:
-            manifest = read_manifest(entry)
-            verify_files(entry, manifest)
-            policy = self._policy(entry)
-            runtime = ModelRuntime(entry.path, manifest, self.settings.provider, self.settings.ort_threads)
-            runtime.warmup(self.settings.warmup_timesteps)
-        except (LoadError, OSError, RuntimeError, ValueError) as exc:  # onnxruntime raises RuntimeError subclasses
+            loaded = self._open(version.entry)
+        except (LoadError, ManifestError, OSError, RuntimeError, ValueError) as exc:  # onnxruntime: RuntimeError
             version.state, version.reason = State.FAILED, str(exc)
             log.error("model %s failed to load: %s", version.key, exc)
             return
-        version.manifest, version.runtime = manifest, runtime
+        version.loaded, version.state = loaded, State.READY  # last: a version becomes servable only once complete
+        provider = loaded.runtime.provider
+        self.metrics.model_ready.labels(version.name, str(version.version), provider).set(1)
+        log.info("model %s ready on %s in %.2fs", version.key, provider, time.perf_counter() - started)
+
+    def _open(self, entry: VersionDir) -> LoadedModel:
+        manifest = layout.read_version(entry)
+        manifests.verify(entry.path, manifest)
+        policy = self._policy(entry)
+        runtime = ModelRuntime(entry.path, manifest, self.settings.provider, self.settings.ort_threads)
+        runtime.warmup(self.settings.warmup_timesteps)
         if self.settings.require_gpu and runtime.provider != CUDA:
-            version.state = State.FAILED
-            version.reason = f"GPU required but onnxruntime runs it on {runtime.provider} (CUDA unavailable)"
-            log.error("model %s: %s", version.key, version.reason)
-            return
-        version.policy = policy
-        if policy.enabled:
-            version.batcher = self._batcher(runtime, manifest, policy)
-        version.state = State.READY  # last: a version becomes servable only once complete
-        metrics.MODEL_READY.labels(entry.name, str(entry.version), runtime.provider).set(1)
-        log.info("model %s ready on %s in %.2fs", version.key, runtime.provider, time.perf_counter() - started)
+            raise LoadError(f"GPU required but onnxruntime runs it on {runtime.provider} (CUDA unavailable)")
+        batcher = self._batcher(runtime, manifest, policy) if policy.enabled else None
+        return LoadedModel(manifest, runtime, policy, batcher)
 
     def _policy(self, entry: VersionDir) -> BatchPolicy:
-        raw = read_model_config(entry.path.parent)
+        raw = layout.read_model_config(entry.path.parent)
         try:
             config = self._config_schema.load(raw)
         except ValidationError as exc:
             lines = "; ".join(flatten_errors(exc.messages))
-            raise LoadError(f"{entry.path.parent / MODEL_CONFIG_FILE}: {lines}") from None
+            raise LoadError(f"{entry.path.parent / layout.MODEL_CONFIG_FILE}: {lines}") from None
         return self.settings.batch_policy().merged(config["batching"])
 
     def _batcher(self, runtime: ModelRuntime, manifest: Manifest, policy: BatchPolicy) -> AdaptiveBatcher:
-        name = manifest.name
+        name, m = manifest.name, self.metrics
         observer = BatchObserver(
-            queue_seconds=metrics.QUEUE_SECONDS.labels(name).observe,
-            compute_seconds=metrics.COMPUTE_SECONDS.labels(name).observe,
-            batch_sequences=metrics.BATCH_SEQUENCES.labels(name).observe,
-            rejected=metrics.REJECTED.labels(name).inc,
+            queue_seconds=m.queue_seconds.labels(name).observe,
+            compute_seconds=m.compute_seconds.labels(name).observe,
+            batch_sequences=m.batch_sequences.labels(name).observe,
+            rejected=m.rejected.labels(name).inc,
         )
         return AdaptiveBatcher(
             runtime.run,
@@ -189,12 +217,13 @@ class DataPlane:
             version = self._models.get(name, {}).pop(number, None)
             if name in self._models and not self._models[name]:
                 del self._models[name]
-        if version is not None:
-            if version.batcher:
-                version.batcher.stop()
-            if version.runtime:
-                metrics.MODEL_READY.labels(name, str(number), version.runtime.provider).set(0)
-            log.info("model %s unloaded (removed from the repository)", version.key)
+        if version is None:
+            return
+        if version.loaded is not None:
+            if version.loaded.batcher:
+                version.loaded.batcher.stop()
+            self.metrics.model_ready.labels(name, str(number), version.loaded.runtime.provider).set(0)
+        log.info("model %s unloaded (removed from the repository)", version.key)
 
     # ------------------------------------------------------------------------------------------ queries
 
@@ -214,20 +243,20 @@ class DataPlane:
                 raise NotFound(f"model {name!r} not found; available: {sorted(self._models)}")
             return [versions[v] for v in sorted(versions)]
 
-    def get(self, name: str, version: int | None = None) -> ModelVersion:
+    def get(self, name: str, version: int | None = None) -> LoadedModel:
         """A servable version: the one asked for, or the newest ready one. 404 if unknown, 503 if not ready."""
         versions = self.versions(name)
         if version is None:
-            ready = [v for v in versions if v.state is State.READY]
+            ready = [v.loaded for v in versions if v.loaded is not None]
             if not ready:
                 raise NotReady(f"model {name!r} has no ready version: {[v.describe() for v in versions]}")
             return ready[-1]
         chosen = next((v for v in versions if v.version == version), None)
         if chosen is None:
             raise NotFound(f"model {name!r} has no version {version}; versions: {[v.version for v in versions]}")
-        if chosen.state is not State.READY:
+        if chosen.loaded is None:
             raise NotReady(f"model {chosen.key} is {chosen.state}" + (f": {chosen.reason}" if chosen.reason else ""))
-        return chosen
+        return chosen.loaded
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready when the first scan is done and every model has a ready version (every version, with
@@ -267,17 +296,16 @@ class DataPlane:
 
     # -------------------------------------------------------------------------------------------- infer
 
-    def infer(self, model: ModelVersion, inputs: Arrays) -> Arrays:
+    def infer(self, model: LoadedModel, inputs: Arrays) -> Arrays:
         """Run one request (through the batcher when on); `inputs` are validated arrays."""
-        assert model.runtime is not None
         features = inputs["features"]
         if model.batcher is not None:
             outputs = model.batcher.submit(inputs)
         else:
             started = time.perf_counter()
             outputs = model.runtime.run(inputs)
-            metrics.COMPUTE_SECONDS.labels(model.name).observe(time.perf_counter() - started)
-            metrics.BATCH_SEQUENCES.labels(model.name).observe(features.shape[0])
-        metrics.SEQUENCES.labels(model.name).inc(features.shape[0])
-        metrics.TIMESTEPS.labels(model.name).inc(int(np.sum(inputs["lengths"])))
+            self.metrics.compute_seconds.labels(model.name).observe(time.perf_counter() - started)
+            self.metrics.batch_sequences.labels(model.name).observe(features.shape[0])
+        self.metrics.sequences.labels(model.name).inc(features.shape[0])
+        self.metrics.timesteps.labels(model.name).inc(int(np.sum(inputs["lengths"])))
         return outputs

@@ -36,6 +36,14 @@ class NotFound(ServiceError):
     code = "not_found"
 
 
+class Conflict(ServiceError):
+    """The request is valid but the state it builds on has moved on (a stream's version was unloaded, a sequence
+    was advanced by another request)."""
+
+    status = 409
+    code = "conflict"
+
+
 class PayloadTooLarge(ServiceError):
     status = 413
     code = "payload_too_large"

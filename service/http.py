@@ -1,27 +1,42 @@
-"""What the endpoints share: the dataplane of this app, path parameters, request bodies, JSON responses and the
-one error handler (v1 envelope `{"error": {"code", "message", "details"}}`, V2 envelope `{"error": "..."}`)."""
+"""What the endpoints share: the app's dataplane, path parameters, request bodies (Content-Encoding), JSON
+responses and the one error handler (v1 envelope `{"error": {"code", "message", "details"}}`, V2 envelope
+`{"error": "..."}`). A `CodecError` gets its status from the API that raised it (`codec_errors`)."""
 
 from __future__ import annotations
 
+import gzip
+import io
 import logging
+import zlib
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
 import orjson
-from flask import Flask, Response, current_app, g, request
+from flask import Blueprint, Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from service.codecs import decompress, load
-from service.dataplane import DataPlane, ModelVersion
-from service.errors import BadRequest, PayloadTooLarge, ServiceError
+from service.codecs import CodecError, Limits, load
+from service.dataplane import DataPlane, LoadedModel, ModelVersion
+from service.errors import BadRequest, InvalidInput, PayloadTooLarge, ServiceError
 from service.schemas import ModelPathSchema
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 _path_schema = ModelPathSchema()
 
 
 def dataplane() -> DataPlane:
-    return current_app.extensions["seqserve"]
+    return current_app.extensions["seqserve"].plane
+
+
+def settings() -> Settings:
+    return current_app.extensions["seqserve"].settings
+
+
+def limits() -> Limits:
+    s = settings()
+    return Limits(s.max_sequences, s.max_timesteps)
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -32,11 +47,14 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 @lru_cache(maxsize=4096)
 def path_params(name: str, version: str | None = None) -> tuple[str, int | None]:
     """The path parameters, validated by their marshmallow schema once per distinct value (errors are not cached)."""
-    params = load(_path_schema, {"name": name} if version is None else {"name": name, "version": version}, BadRequest)
+    try:
+        params = load(_path_schema, {"name": name} if version is None else {"name": name, "version": version})
+    except CodecError as exc:
+        raise BadRequest(exc.message, exc.details) from None
     return params["name"], params["version"]
 
 
-def resolve_model(name: str, version: str | None = None) -> ModelVersion:
+def resolve_model(name: str, version: str | None = None) -> LoadedModel:
     """Validate the path parameters, then find the version (404 unknown, 503 not ready)."""
     model = dataplane().get(*path_params(name, version))
     g.model_name = model.name
@@ -54,6 +72,36 @@ def model_versions(name: str) -> list[ModelVersion]:
 def read_body() -> bytes:
     limit = current_app.config["MAX_CONTENT_LENGTH"]
     return decompress(request.get_data(cache=False), request.headers.get("Content-Encoding"), limit)
+
+
+def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """`Content-Encoding`: identity or gzip (bounded, against decompression bombs)."""
+    encoding = (encoding or "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding != "gzip":
+        raise BadRequest(f"Content-Encoding {encoding!r} is not supported; use gzip or none")
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(body)) as f:
+            data = f.read(limit + 1)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise BadRequest(f"body is not valid gzip: {exc}") from None
+    if len(data) > limit:
+        raise PayloadTooLarge(f"decompressed body exceeds {limit} bytes")
+    return data
+
+
+def codec_errors(bp: Blueprint, status_of: Callable[[CodecError], type[ServiceError]]) -> None:
+    """Register how one API reports a `CodecError` (its status), through the one error handler."""
+
+    def handle(exc: CodecError) -> Response:
+        return handle_error(status_of(exc)(exc.message, exc.details))
+
+    bp.register_error_handler(CodecError, handle)
+
+
+def v1_status(exc: CodecError) -> type[ServiceError]:
+    return BadRequest if exc.unreadable else InvalidInput
 
 
 def handle_error(exc: Exception) -> Response:

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from functools import cache
 
-from flask import Blueprint, Response, send_from_directory
+from flask import Blueprint, Response, current_app, send_from_directory
 from swagger_ui_bundle import swagger_ui_path
 
-from service import metrics
 from service.http import dataplane, json_response
 from service.openapi import build_spec
 
@@ -37,7 +36,7 @@ def ready() -> Response:
 
 @bp.get("/metrics")
 def prometheus() -> Response:
-    payload, content_type = metrics.exposition()
+    payload, content_type = current_app.extensions["seqserve"].metrics.exposition()
     return Response(payload, content_type=content_type)
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from modelrepo.manifest import Manifest
 from service.concurrency import offload
-from service.repository import Manifest
 
 log = logging.getLogger(__name__)
 CUDA = "CUDAExecutionProvider"

@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from modelrepo.layout import NAME_PATTERN
+
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 OUTPUTS = ("labels", "probabilities", "logits")
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 V2_DATATYPES = (
     "BOOL",
     "UINT8",

@@ -1,16 +1,20 @@
-"""Typed settings, read once inside the app factory from `SEQSERVE_*` environment variables (or a mapping).
+"""Typed settings, read once from `SEQSERVE_*` environment variables (or a mapping): by the app factory in each
+worker, and by gunicorn.conf.py in the master for the process settings.
 
-Every field maps to one variable: `max_sequences` <- `SEQSERVE_MAX_SEQUENCES`. `bind`, `workers`, `threads`,
-`timeout`, `graceful_timeout` and `keepalive` are gunicorn's (read by gunicorn.conf.py); they are listed here so
-that a misspelt variable is an error, and the app knows `workers` to split the CPU threads between them.
+Every field maps to one variable: `max_sequences` <- `SEQSERVE_MAX_SEQUENCES`. `bind`, `workers`, `worker_class`,
+`threads`, `timeout`, `graceful_timeout` and `keepalive` are gunicorn's: gunicorn.conf.py reads them from here, so
+each default lives in this file only, and the app knows the worker count to split the CPU threads between them.
+This module imports nothing but the standard library (the gunicorn master imports it).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+PREFIX = "SEQSERVE_"
 PROVIDERS = ("auto", "cpu", "cuda")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -56,7 +60,7 @@ class Settings:
     log_level: str = "INFO"
     log_requests: bool = True
     bind: str = "127.0.0.1:8000"
-    workers: int = 1
+    workers: int = 0  # 0: one per core, at most 4 (gunicorn worker processes)
     threads: int = 16
     timeout: int = 60
     graceful_timeout: int = 30
@@ -81,13 +85,26 @@ class Settings:
         )
 
     @property
+    def worker_count(self) -> int:
+        return self.workers if self.workers > 0 else min(os.cpu_count() or 1, 4)
+
+    @property
     def ort_threads(self) -> int:
         if self.intra_op_threads > 0:
             return self.intra_op_threads
-        return max(1, (os.cpu_count() or 1) // max(1, self.workers))
+        return max(1, (os.cpu_count() or 1) // self.worker_count)
 
     @classmethod
-    def from_mapping(cls, values: dict[str, Any]) -> Settings:
+    def from_environ(
+        cls, environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+    ) -> Settings:
+        """`SEQSERVE_*` variables (the process environment by default), then `overrides` (keys without the prefix)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {k[len(PREFIX) :]: v for k, v in environ.items() if k.startswith(PREFIX)}
+        return cls.from_mapping({**values, **(overrides or {})})
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> Settings:
         """Keys as in the environment without the prefix, any case. Unknown keys are an error, so that a typo
         does not silently keep a default."""
         known = {f.name: f for f in fields(cls)}

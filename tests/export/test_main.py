@@ -11,8 +11,9 @@ import sys
 
 import pytest
 
-from export import repository
 from export.__main__ import main
+from modelrepo import layout
+from modelrepo.manifest import sha256
 from tests.conftest import REPO_ROOT, make_stream, train, write_mat
 from tests.export.conftest import write_run
 
@@ -62,14 +63,14 @@ def test_two_exports_at_once_get_two_versions(tmp_path):
     outcomes = [(p.communicate(timeout=180)[1], p.returncode) for p in processes]
     for stderr, code in outcomes:
         assert code == 0, stderr
-    assert repository.versions(repo / "m") == [1, 2]
+    assert layout.versions(repo / "m") == [1, 2]
     assert sorted(p.name for p in (repo / "m").iterdir()) == ["1", "2"]  # no temporary folder left
     manifests = [json.loads((repo / "m" / v / "manifest.json").read_text()) for v in ("1", "2")]
     assert [m["version"] for m in manifests] == [1, 2]
     assert sorted(int(s.split("published m version ")[1].split()[0]) for s, _ in outcomes) == [1, 2]
     for version, manifest in zip(("1", "2"), manifests, strict=True):
         for name, entry in manifest["files"].items():
-            assert repository.sha256(repo / "m" / version / name) == entry["sha256"]
+            assert sha256(repo / "m" / version / name) == entry["sha256"]
 
 
 def test_cli_parity_failure_exits_1_and_publishes_nothing(tmp_path, caplog):

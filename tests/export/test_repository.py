@@ -10,11 +10,14 @@ import stat
 
 import pytest
 
-from export import parity, repository
+from export import parity
 from export.pipeline import export_run
+from modelrepo import layout
+from modelrepo.manifest import MANIFEST_FILE
 from models import checkpoint
 from tests.conftest import CLASS_NAMES, FEATURE_NAMES, HIDDEN, SEQ_LEN, SHARED_MODELS
 from tests.export.conftest import write_run
+from tests.modelrepo.test_manifest import tiny_manifest
 
 
 @pytest.fixture
@@ -24,7 +27,7 @@ def tiny_run(tmp_path):
 
 
 def assert_nothing_published(model_dir):
-    assert repository.versions(model_dir) == []
+    assert layout.versions(model_dir) == []
     assert list(model_dir.iterdir()) == []  # no version, no temporary folder
 
 
@@ -57,13 +60,13 @@ def test_crash_during_build_leaves_no_partial_version(tmp_path, crash):
         raise crash("killed while writing")
 
     with pytest.raises(crash):
-        repository.publish(tmp_path, "m", build)
+        layout.publish(tmp_path, "m", build)
     assert_nothing_published(tmp_path / "m")
 
 
 def _build(folder):
     (folder / "model.onnx").write_bytes(b"x")
-    return {"name": "m"}
+    return tiny_manifest()
 
 
 def test_versions_increase(tiny_run, tmp_path):
@@ -71,23 +74,23 @@ def test_versions_increase(tiny_run, tmp_path):
     assert [export_run(tiny_run, repo, "m")[0] for _ in range(2)] == [1, 2]
     (repo / "m" / "7").mkdir()
     (repo / "m" / "notes").mkdir()
-    version, folder = repository.publish(repo, "m", _build)
+    version, folder = layout.publish(repo, "m", _build)
     assert (version, folder) == (8, repo / "m" / "8")
     assert json.loads((folder / "manifest.json").read_text())["version"] == 8
-    assert repository.versions(repo / "m") == [1, 2, 7, 8]
+    assert layout.versions(repo / "m") == [1, 2, 7, 8]
 
 
 def test_published_version_is_as_readable_as_its_model_folder(tmp_path):
     """The staging folder is private while it is built; once published, a server running as another user must
     be able to read it like the model folder around it."""
-    _, folder = repository.publish(tmp_path, "m", _build)
+    _, folder = layout.publish(tmp_path, "m", _build)
     assert stat.S_IMODE(folder.stat().st_mode) == stat.S_IMODE((tmp_path / "m").stat().st_mode)
 
 
 @pytest.mark.parametrize("name", ["", "../escape", "a/b", ".hidden", "x" * 65])
 def test_bad_model_names_are_refused(tmp_path, name):
     with pytest.raises(ValueError, match="model name"):
-        repository.publish(tmp_path, name, _build)
+        layout.publish(tmp_path, name, _build)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -95,14 +98,14 @@ def test_bad_model_names_are_refused(tmp_path, name):
 
 
 def _manifest(model_repository, name):
-    return json.loads((model_repository / name / "1" / repository.MANIFEST_FILE).read_text())
+    return json.loads((model_repository / name / "1" / MANIFEST_FILE).read_text())
 
 
 @pytest.mark.parametrize("name", sorted(SHARED_MODELS))
 def test_manifest_checksums_match_the_files(model_repository, name):
     folder = model_repository / name / "1"
     files = _manifest(model_repository, name)["files"]
-    assert set(files) == {p.name for p in folder.iterdir()} - {repository.MANIFEST_FILE}
+    assert set(files) == {p.name for p in folder.iterdir()} - {MANIFEST_FILE}
     for file_name, entry in files.items():
         content = (folder / file_name).read_bytes()
         assert entry["sha256"] == hashlib.sha256(content).hexdigest()
@@ -112,7 +115,7 @@ def test_manifest_checksums_match_the_files(model_repository, name):
 def test_shared_repository_holds_the_promised_models(model_repository, trained_runs):
     assert sorted(p.name for p in model_repository.iterdir()) == sorted(SHARED_MODELS)
     for name, settings in SHARED_MODELS.items():
-        assert repository.versions(model_repository / name) == [1]
+        assert layout.versions(model_repository / name) == [1]
         manifest = _manifest(model_repository, name)
         model = manifest["model"]
         assert (model["cell"], model["num_layers"], model["bidirectional"], model["head"]) == (

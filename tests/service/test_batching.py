@@ -10,16 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from modelrepo import layout
 from service.batching import AdaptiveBatcher, BatchObserver, bucket_of
 from service.errors import Overloaded
-from service.repository import VersionDir, read_manifest
 from service.runtime import ModelRuntime
 from tests.service.conftest import start_server
 
 
 def runtime_for(repository: Path, name: str) -> ModelRuntime:
-    entry = VersionDir(name, 1, repository / name / "1")
-    return ModelRuntime(entry.path, read_manifest(entry), "cpu", 1)
+    entry = layout.VersionDir(name, 1, repository / name / "1")
+    return ModelRuntime(entry.path, layout.read_version(entry), "cpu", 1)
 
 
 def requests_of(lengths_per_request: list[list[int]], seed: int = 0) -> list[dict[str, np.ndarray]]:
