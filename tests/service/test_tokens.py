@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import multiprocessing
 import stat
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 
 from service.tokens import KEY_FILE, StreamState, TokenCodec, TokenError, resolve_key
+from tests.conftest import REPO_ROOT
 
 KEY = b"0123456789abcdef0123456789abcdef"
 TTL = 86400.0
@@ -251,3 +254,17 @@ def test_processes_racing_for_the_key_file_all_get_one_key(tmp_path: Path) -> No
     assert len(set(keys)) == 1
     assert keys[0] == (tmp_path / KEY_FILE).read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == [KEY_FILE]
+
+
+@pytest.mark.parametrize("module", ["tokens", "sequences"])
+def test_modules_import_neither_flask_nor_torch(module: str) -> None:
+    """Loaded on their own (the `service` package itself imports Flask): numpy, the standard library and redis."""
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('{module}', 'service/{module}.py')\n"
+        "m = sys.modules[spec.name] = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(m)\n"
+        "print(sorted({'flask', 'torch', 'onnxruntime', 'service'} & set(sys.modules)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
