@@ -8,6 +8,8 @@ import contextlib
 import hashlib
 import multiprocessing
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -30,6 +32,7 @@ from service.sequences import (
     open_store,
     redis_keys,
 )
+from tests.conftest import REPO_ROOT
 from tests.redis_server import RedisServer
 
 MODEL = "lstm_step"
@@ -339,3 +342,48 @@ def test_an_unreachable_redis_is_store_unavailable_without_its_password(redis_se
         with pytest.raises(StoreUnavailable, match=r"the sequence store redis://user:\*\*\*@127.0.0.1:1/0 failed") as e:
             store.load(MODEL, 1)
     assert "hunter2" not in e.value.message
+
+
+GEVENT_HAMMER = """
+from gevent import monkey
+
+monkey.patch_all()
+import sys
+from pathlib import Path
+
+import gevent
+
+from service.sequences import SequenceRecord, open_store
+
+store = open_store(sys.argv[1], Path(sys.argv[2]), 30.0)
+store.start("m", 1, SequenceRecord("m", 1, 0, b""))
+won = []
+
+
+def request(worker):
+    for _ in range(20):
+        loaded = store.load("m", 1)
+        gevent.sleep(0)  # the model run: other greenlets' requests go on meanwhile
+        won.append(store.advance("m", 1, loaded.steps, loaded.advanced(loaded.steps + 1, loaded.state + b"x")))
+
+
+gevent.joinall([gevent.spawn(request, w) for w in range(30)], raise_error=True)
+final = store.load("m", 1)
+print(sum(won), len(won), final.steps, len(final.state))
+"""
+
+
+def test_greenlets_of_a_gevent_worker_share_a_store(backend: Backend) -> None:
+    """gunicorn's gevent workers run requests as greenlets of one thread: pooled connections, same CAS guarantee."""
+    result = subprocess.run(
+        [sys.executable, "-c", GEVENT_HAMMER, backend.url, str(backend.folder)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    won, tried, steps, state_bytes = map(int, result.stdout.split())
+    assert tried == 30 * 20
+    assert 0 < won < tried  # greenlets did collide
+    assert steps == state_bytes == won
