@@ -11,7 +11,7 @@ export SEQSERVE_MODEL_REPOSITORY SEQSERVE_BIND
 DEMO_NAME ?= basicmotions
 DEMO_RUN ?= runs/demo
 
-.PHONY: serve test lint demo-model bench image-test deploy-check install-serve install-train install-dev clean
+.PHONY: serve test test-redis lint demo-model bench image-test deploy-check install-serve install-train install-dev clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -45,7 +45,12 @@ demo-model: install-train
 	$(PY) -m models.train --config configs/demo.toml --out $(DEMO_RUN)
 	$(PY) -m export $(DEMO_RUN) --repository $(SEQSERVE_MODEL_REPOSITORY) --name $(DEMO_NAME)
 
-test: install-dev
+# The sequence-store tests start a real redis-server (Debian package `redis-server`); these machines run as root.
+test-redis:
+	@command -v redis-server >/dev/null || apt-get install -y redis-server \
+		|| (apt-get update && apt-get install -y redis-server)
+
+test: install-dev test-redis
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest

@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from tests.conftest import REPO_ROOT
+from tests.redis_server import RedisServer, start_redis
 
 GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
 
@@ -126,3 +127,11 @@ def ort_sessions(model_repository: Path) -> dict[str, Any]:
         )
         for name in ("lstm_step", "gru_last")
     }
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server on 127.0.0.1 for the whole run (tests/redis_server.py), stopped by PID at the end."""
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
