@@ -17,8 +17,10 @@ from service.http import (
     json_response,
     limits,
     model_versions,
+    path_params,
     read_body,
     resolve_model,
+    resources,
     v1_status,
 )
 
@@ -67,6 +69,26 @@ def predict(name: str, version: str | None = None) -> Response:
     parsed = parse_predict(body, model)
     outputs = dataplane().infer(model, {"features": parsed.features, "lengths": parsed.lengths})
     return json_response(codecs.v1_response(model.manifest, parsed, outputs, g.get("request_id")))
+
+
+@bp.post("/models/<name>/stream")
+@bp.post("/models/<name>/versions/<version>/stream")
+def stream(name: str, version: str | None = None) -> Response:
+    """New timesteps of a live sequence, with the state token of the previous answer (service/streams.py)."""
+    body = read_body()
+    name, number = path_params(name, version)
+    g.model_name = name
+    streams = resources().streams
+    if request.mimetype in ("", "application/json"):
+        data = codecs.decode_json(body)
+        token = data.get("state") if isinstance(data, dict) and isinstance(data.get("state"), str) else None
+        model, state = streams.token_model(name, number, token)
+        chunk = codecs.v1_stream_json(data, model.manifest, limits())
+    else:
+        model, state = streams.token_model(name, number, request.headers.get("Seqserve-State"))
+        chunk = codecs.v1_stream_chunk(parse_predict(body, model))
+    outputs, token, steps = streams.token_step(model, chunk.features, state)
+    return json_response(codecs.v1_stream_response(model.manifest, chunk, outputs, token, steps))
 
 
 def parse_predict(body: bytes, model: LoadedModel) -> PredictRequest:

@@ -21,6 +21,7 @@ from service.http import (
     path_params,
     read_body,
     resolve_model,
+    resources,
 )
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
@@ -110,7 +111,29 @@ def model_config(name: str, version: str | None = None) -> Response:
 def infer(name: str, version: str | None = None) -> Response:
     body = read_body()  # first: an unread body would cost the client its keep-alive connection on a 404
     model = resolve_model(name, version)
-    parsed = codecs.v2_request(body, request.headers.get("Inference-Header-Content-Length"), model.manifest, limits())
-    outputs = dataplane().infer(model, parsed.inputs)
-    body, headers = codecs.v2_response(model.manifest, parsed, outputs)
-    return Response(body, status=200, headers=headers)
+    header = request.headers.get("Inference-Header-Content-Length")
+    parsed = codecs.v2_request(body, header, model.manifest, limits())
+    if (sequence := codecs.v2_sequence(parsed, model.manifest)) is not None:
+        return _sequence_step(model, body, header, parsed, sequence, path_params(name, version)[1])
+    encoded, headers = codecs.v2_response(model.manifest, parsed, dataplane().infer(model, parsed.inputs))
+    return Response(encoded, status=200, headers=headers)
+
+
+def _sequence_step(
+    newest: LoadedModel,
+    body: bytes,
+    header: str | None,
+    parsed: codecs.InferRequest,
+    sequence: codecs.SequenceParams,
+    version: int | None,
+) -> Response:
+    """One request of a Triton sequence: its state comes from, and goes back to, the shared store."""
+    streams = resources().streams
+    model, record = streams.sequence_model(newest.name, version, sequence)
+    if model is not newest:  # the sequence runs on an older version: read the request as that version reads it
+        parsed = codecs.v2_request(body, header, model.manifest, limits())
+        codecs.v2_sequence(parsed, model.manifest)
+    result = streams.sequence_step(model, codecs.v2_sequence_features(parsed), sequence, record)
+    extra = {"sequence_id": sequence.id, "sequence_steps": result.steps}
+    encoded, headers = codecs.v2_response(model.manifest, parsed, result.outputs, extra)
+    return Response(encoded, status=200, headers=headers)

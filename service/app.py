@@ -4,19 +4,25 @@ process (the tests build many) and a gunicorn worker can shut its app down clean
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from flask import Flask
 
 from service import api_v1, api_v2, http, observability, ops
 from service.dataplane import DataPlane
+from service.http import EXTENSION
 from service.metrics import Metrics
+from service.sequences import open_store
 from service.settings import Settings
+from service.streams import Streams
+from service.tokens import TokenCodec, resolve_key
 
-EXTENSION = "seqserve"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -25,9 +31,11 @@ class Resources:
     logs: observability.LogPipeline
     metrics: Metrics
     plane: DataPlane
+    streams: Streams
 
     def close(self) -> None:
         self.plane.stop()
+        self.streams.close()
         self.logs.stop()
 
 
@@ -40,13 +48,25 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     plane = DataPlane(settings, metrics)
     app = Flask("service")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.extensions[EXTENSION] = Resources(settings, logs, metrics, plane)
+    app.extensions[EXTENSION] = Resources(settings, logs, metrics, plane, _streams(settings, plane, metrics))
     http.init_app(app)
     observability.init_app(app, metrics, settings.log_requests)
     for blueprint in (ops.bp, api_v1.bp, api_v2.bp):
         app.register_blueprint(blueprint)
     plane.start()
     return app
+
+
+def _streams(settings: Settings, plane: DataPlane, metrics: Metrics) -> Streams:
+    folder = Path(settings.state_dir) if settings.state_dir else None
+    key, generated = resolve_key(settings.state_key, folder)
+    if generated:
+        log.warning(
+            "SEQSERVE_STATE_KEY is not set: stream state tokens are signed with a random key that dies with this "
+            "server; replicas behind one address must share a key (set SEQSERVE_STATE_KEY on each)"
+        )
+    store = open_store(settings.sequence_store, folder, settings.sequence_idle_s)
+    return Streams(plane, TokenCodec(key, settings.state_ttl), store, metrics)
 
 
 def resources(app: Flask) -> Resources:

@@ -38,7 +38,7 @@ class BatchObserver:
 
     queue_seconds: Callable[[float], None] = lambda s: None
     compute_seconds: Callable[[float], None] = lambda s: None
-    batch_sequences: Callable[[int], None] = lambda n: None
+    batch_sequences: Callable[[int, bool], None] = lambda n, stateful: None  # stateful: the run carried a state
     rejected: Callable[[], None] = lambda: None
 
 
@@ -76,6 +76,7 @@ class AdaptiveBatcher:
         self._run = run
         self._inputs = {t.name: t for t in manifest.inputs}
         self._outputs = {t.name: t for t in manifest.outputs}
+        self._stateful = manifest.state_inputs[0].name if manifest.state_inputs else None
         self.max_sequences, self.max_cells, self.max_queue = max_sequences, max_cells, max_queue
         self.max_queue_delay, self.timeout = max_queue_delay, timeout
         self.observer = observer or BatchObserver()
@@ -176,7 +177,7 @@ class AdaptiveBatcher:
             merged = group[0].inputs if len(group) == 1 else self._merge(group)
             outputs = self._run(merged)
             self.observer.compute_seconds(time.perf_counter() - started)
-            self.observer.batch_sequences(sum(w.sequences for w in group))
+            self.observer.batch_sequences(sum(w.sequences for w in group), self._stateful in group[0].bucket[1])
             if len(group) == 1:
                 group[0].outputs = outputs
             else:

@@ -9,7 +9,7 @@ Responses are encoded with orjson straight from numpy arrays.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -17,7 +17,7 @@ import orjson
 from marshmallow import Schema, ValidationError
 
 from modelrepo.manifest import Manifest, TensorSpec
-from service.schemas import BinaryRequestSchema, InferRequestSchema, flatten_errors, predict_schema
+from service.schemas import BinaryRequestSchema, InferRequestSchema, flatten_errors, predict_schema, stream_schema
 
 NUMPY = orjson.OPT_SERIALIZE_NUMPY
 V2_DTYPES = {"FP32": np.dtype("<f4"), "INT64": np.dtype("<i8")}
@@ -212,6 +212,52 @@ def v1_response(
     return orjson.dumps(body, option=NUMPY)
 
 
+# ------------------------------------------------------------------------------------------------ v1 streams
+
+
+@dataclass(frozen=True)
+class StreamChunk:
+    """One stream request: its new timesteps [T, F] and what to answer with."""
+
+    features: np.ndarray
+    outputs: tuple[str, ...]
+    id: str | None = None
+
+
+def v1_stream_json(data: Any, manifest: Manifest, limits: Limits) -> StreamChunk:
+    """`{"timesteps": [...], "state": ..., "outputs": [...]}`, already parsed from JSON."""
+    loaded = load(stream_schema(manifest.feature_names, limits.max_timesteps), data)
+    return StreamChunk(loaded["timesteps"], tuple(dict.fromkeys(loaded["outputs"])), loaded.get("id"))
+
+
+def v1_stream_chunk(request: PredictRequest) -> StreamChunk:
+    """A raw float32 or .npy body decoded as for predict: it must hold one sequence."""
+    if request.features.shape[0] != 1:
+        raise CodecError(
+            f"a stream request carries one sequence: got {request.features.shape[0]} (Seqserve-Shape 1,T,F)"
+        )
+    return StreamChunk(request.features[0, : int(request.lengths[0])], request.outputs, request.id)
+
+
+def v1_stream_response(
+    manifest: Manifest, chunk: StreamChunk, outputs: dict[str, np.ndarray], token: str, steps: int
+) -> bytes:
+    """This request's answers (per timestep, or one for the sequence so far with a `last` head) and the state."""
+    body: dict[str, Any] = {"model_name": manifest.name, "model_version": str(manifest.version)}
+    probabilities = outputs["probabilities"][0]
+    if "labels" in chunk.outputs:
+        best = np.asarray(manifest.class_names, dtype=object)[probabilities.argmax(-1)]
+        body["labels" if manifest.per_timestep else "label"] = best.tolist() if manifest.per_timestep else best
+    for key in ("probabilities", "logits"):
+        if key in chunk.outputs:
+            body[key] = outputs[key][0]
+    body["state"] = token
+    body["steps"] = steps
+    if chunk.id is not None:
+        body["id"] = chunk.id
+    return orjson.dumps(body, option=NUMPY)
+
+
 # ------------------------------------------------------------------------------------------------------ v2
 
 
@@ -220,6 +266,17 @@ class InferRequest:
     inputs: dict[str, np.ndarray]
     outputs: dict[str, bool]  # name -> send as binary
     id: str | None
+    parameters: dict[str, Any] = field(default_factory=dict)  # the request's own `parameters`
+
+
+@dataclass(frozen=True)
+class SequenceParams:
+    """Triton's sequence request parameters, as `tritonclient`'s `infer(sequence_id=, sequence_start=,
+    sequence_end=)` sends them: an id (uint64 or string), and whether this request starts or ends the sequence."""
+
+    id: int | str
+    start: bool = False
+    end: bool = False
 
 
 def v2_request(body: bytes, header_length: str | None, manifest: Manifest, limits: Limits) -> InferRequest:
@@ -240,7 +297,39 @@ def v2_request(body: bytes, header_length: str | None, manifest: Manifest, limit
             raise CodecError(f"input {name!r}: batch dimension {array.shape[spec.batch_axis]}, features has {batch}")
         if not np.isfinite(array).all():
             raise CodecError(f"input {name!r}: holds values that are not finite")
-    return InferRequest(inputs, _v2_outputs(request, manifest), request.get("id"))
+    return InferRequest(inputs, _v2_outputs(request, manifest), request.get("id"), request["parameters"])
+
+
+def v2_sequence(request: InferRequest, manifest: Manifest) -> SequenceParams | None:
+    """The sequence parameters of a V2 request (None: a stateless request), checked against its inputs."""
+    params = request.parameters
+    given = [k for k in ("sequence_id", "sequence_start", "sequence_end") if k in params]
+    if not given:
+        return None
+    seq_id = params.get("sequence_id")
+    if "sequence_id" not in params or seq_id == 0 or seq_id == "":
+        raise CodecError(f"parameters {given} need a sequence_id (a non-zero uint64 or a non-empty string)")
+    if isinstance(seq_id, bool) or not isinstance(seq_id, int | str):
+        raise CodecError(f"parameter sequence_id: expected a uint64 or a string, got {type(seq_id).__name__}")
+    if isinstance(seq_id, int) and not 0 < seq_id < 2**64:
+        raise CodecError(f"parameter sequence_id: {seq_id} is not a uint64")
+    if isinstance(seq_id, str) and len(seq_id) > 256:
+        raise CodecError(f"parameter sequence_id: {len(seq_id)} characters, at most 256")
+    for flag in ("sequence_start", "sequence_end"):
+        if not isinstance(params.get(flag, False), bool):
+            raise CodecError(f"parameter {flag}: expected true or false, got {params[flag]!r}")
+    if request.inputs["features"].shape[0] != 1:
+        raise CodecError(
+            f"a sequence request carries one sequence (batch 1), got {request.inputs['features'].shape[0]}"
+        )
+    if stated := [t.name for t in manifest.state_inputs if t.name in request.inputs]:
+        raise CodecError(f"inputs {stated} and sequence_id exclude each other: the sequence's state is kept for it")
+    return SequenceParams(seq_id, bool(params.get("sequence_start", False)), bool(params.get("sequence_end", False)))
+
+
+def v2_sequence_features(request: InferRequest) -> np.ndarray:
+    """The timesteps [T, F] of a one-sequence request."""
+    return request.inputs["features"][0, : int(request.inputs["lengths"][0])]
 
 
 def _v2_split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
@@ -322,7 +411,10 @@ def _v2_outputs(request: dict[str, Any], manifest: Manifest) -> dict[str, bool]:
 
 
 def v2_response(
-    manifest: Manifest, request: InferRequest, outputs: dict[str, np.ndarray]
+    manifest: Manifest,
+    request: InferRequest,
+    outputs: dict[str, np.ndarray],
+    parameters: dict[str, Any] | None = None,
 ) -> tuple[bytes, dict[str, str]]:
     tensors, blobs = [], []
     for name, as_binary in request.outputs.items():
@@ -341,6 +433,8 @@ def v2_response(
     body: dict[str, Any] = {"model_name": manifest.name, "model_version": str(manifest.version), "outputs": tensors}
     if request.id is not None:
         body["id"] = request.id
+    if parameters:
+        body["parameters"] = parameters
     header = orjson.dumps(body, option=NUMPY)
     if not blobs:
         return header, {"Content-Type": "application/json"}

@@ -35,6 +35,7 @@ from service.settings import BatchPolicy, Settings
 from service.workers import WorkerBoard
 
 log = logging.getLogger(__name__)
+STATE_TOLERANCE = 1e-5  # whole vs chunked through the state inputs, checked for every stateful version at load
 
 
 class State(enum.StrEnum):
@@ -179,6 +180,12 @@ class DataPlane:
         policy = self._policy(entry)
         runtime = ModelRuntime(entry.path, manifest, self.settings.provider, self.settings.ort_threads)
         runtime.warmup(self.settings.warmup_timesteps)
+        if (error := runtime.state_wiring_error()) > STATE_TOLERANCE:
+            raise LoadError(
+                f"state wiring check failed: a sequence run whole and in two chunks through "
+                f"{[t.name for t in manifest.state_inputs]} differs by {error:.2e} (tolerance {STATE_TOLERANCE:.0e}): "
+                "the state inputs and outputs do not match (are h and c swapped?); streams would be wrong"
+            )
         if self.settings.require_gpu and runtime.provider != CUDA:
             raise LoadError(f"GPU required but onnxruntime runs it on {runtime.provider} (CUDA unavailable)")
         batcher = self._batcher(runtime, manifest, policy) if policy.enabled else None
@@ -198,7 +205,7 @@ class DataPlane:
         observer = BatchObserver(
             queue_seconds=m.queue_seconds.labels(name).observe,
             compute_seconds=m.compute_seconds.labels(name).observe,
-            batch_sequences=m.batch_sequences.labels(name).observe,
+            batch_sequences=lambda n, stateful: m.batch_sequences.labels(name, str(stateful).lower()).observe(n),
             rejected=m.rejected.labels(name).inc,
         )
         return AdaptiveBatcher(
@@ -305,7 +312,8 @@ class DataPlane:
             started = time.perf_counter()
             outputs = model.runtime.run(inputs)
             self.metrics.compute_seconds.labels(model.name).observe(time.perf_counter() - started)
-            self.metrics.batch_sequences.labels(model.name).observe(features.shape[0])
+            stateful = str(len(inputs) > 2).lower()  # features, lengths and a state
+            self.metrics.batch_sequences.labels(model.name, stateful).observe(features.shape[0])
         self.metrics.sequences.labels(model.name).inc(features.shape[0])
         self.metrics.timesteps.labels(model.name).inc(int(np.sum(inputs["lengths"])))
         return outputs

@@ -10,7 +10,7 @@ import logging
 import zlib
 from collections.abc import Callable
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from flask import Blueprint, Flask, Response, current_app, g, request
@@ -22,16 +22,25 @@ from service.errors import BadRequest, InvalidInput, PayloadTooLarge, ServiceErr
 from service.schemas import ModelPathSchema
 from service.settings import Settings
 
+if TYPE_CHECKING:
+    from service.app import Resources
+
+EXTENSION = "seqserve"  # where create_app keeps an app's Resources
+
 log = logging.getLogger(__name__)
 _path_schema = ModelPathSchema()
 
 
+def resources() -> Resources:
+    return current_app.extensions[EXTENSION]
+
+
 def dataplane() -> DataPlane:
-    return current_app.extensions["seqserve"].plane
+    return resources().plane
 
 
 def settings() -> Settings:
-    return current_app.extensions["seqserve"].settings
+    return resources().settings
 
 
 def limits() -> Limits:

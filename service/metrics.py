@@ -40,9 +40,15 @@ class Metrics:
         )
         self.batch_sequences = Histogram(
             "seqserve_batch_size_sequences",
-            "Sequences per onnxruntime run",
-            ["model"],
+            "Sequences per onnxruntime run; stateful: the run carried state inputs (streams)",
+            ["model", "stateful"],
             buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.stream_requests = Counter(
+            "seqserve_stream_requests_total",
+            "Stream requests run: v1 state tokens and V2 sequences",
+            ["model", "protocol"],
             registry=r,
         )
         self.sequences = Counter("seqserve_sequences_total", "Sequences served", ["model"], registry=r)

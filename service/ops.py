@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from functools import cache
 
-from flask import Blueprint, Response, current_app, send_from_directory
+from flask import Blueprint, Response, send_from_directory
 from swagger_ui_bundle import swagger_ui_path
 
-from service.http import dataplane, json_response
+from service.http import dataplane, json_response, resources
 from service.openapi import build_spec
 
 bp = Blueprint("ops", __name__)
@@ -36,7 +36,7 @@ def ready() -> Response:
 
 @bp.get("/metrics")
 def prometheus() -> Response:
-    payload, content_type = current_app.extensions["seqserve"].metrics.exposition()
+    payload, content_type = resources().metrics.exposition()
     return Response(payload, content_type=content_type)
 
 

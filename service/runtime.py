@@ -106,6 +106,30 @@ class ModelRuntime:
                 feeds[name] = np.zeros(shape, dtype=np.float32)
         return dict(zip(self.output_names, offload(self.session.run, self.output_names, feeds), strict=True))
 
+    def state_wiring_error(self, steps: int = 12, split: int = 5) -> float:
+        """Triton's guard that is missing (h and c swapped, a state output fed to the wrong input): a random
+        sequence run whole and in two chunks through the state inputs must give the same answer. Returns the
+        largest difference of probabilities and final states; 0.0 for a model without state inputs."""
+        names = [t.name for t in self.manifest.state_inputs]
+        if not names:
+            return 0.0
+        carried = ["hn", "cn"][: len(names)]
+        rng = np.random.default_rng(7)
+        mean = np.asarray(self.manifest.normalization.mean, dtype=np.float32)
+        std = np.asarray(self.manifest.normalization.std, dtype=np.float32)
+        features = (mean + 2 * std * rng.standard_normal((1, steps, self.manifest.input_dim))).astype(np.float32)
+        whole = self.run({"features": features, "lengths": np.array([steps])})
+        first = self.run({"features": features[:, :split], "lengths": np.array([split])})
+        rest = {"features": features[:, split:], "lengths": np.array([steps - split])}
+        second = self.run(rest | {n: first[c] for n, c in zip(names, carried, strict=True)})
+        if self.manifest.per_timestep:
+            chunked = np.concatenate([first["probabilities"], second["probabilities"]], axis=1)
+        else:
+            chunked = second["probabilities"]
+        diffs = [np.abs(whole["probabilities"] - chunked).max()]
+        diffs += [np.abs(whole[c] - second[c]).max() for c in carried]
+        return float(max(diffs))
+
     def warmup(self, timesteps: int) -> None:
         """Run the shapes that first requests will bring, so the first user does not pay for allocation."""
         rng = np.random.default_rng(0)

@@ -193,6 +193,28 @@ class SequencesField(fields.Field):
         return step, None
 
 
+class TimestepsField(SequencesField):
+    """`[[f1..fF], ...]`: the timesteps of one stream request (one sequence); deserialises to features [T, F].
+    Errors are located as `timesteps[t][f]`."""
+
+    def __init__(self, feature_names: Sequence[str], max_timesteps: int, **kwargs: Any):
+        super().__init__(feature_names, 1, max_timesteps, **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> np.ndarray:
+        if not isinstance(value, list):
+            raise ValidationError(f"expected a list of timesteps, got {_describe(value)}")
+        if not value:
+            raise ValidationError("empty: send at least one timestep")
+        if len(value) > self.max_timesteps:
+            raise ValidationError(f"{len(value)} timesteps exceed the limit of {self.max_timesteps} per request")
+        try:
+            batch = self._fast([value]) or self._slow([value])
+        except ValidationError as exc:  # located in sequence 0: drop that level
+            messages = exc.messages
+            raise ValidationError(messages[0] if isinstance(messages, dict) and 0 in messages else messages) from None
+        return batch.features[0]
+
+
 class TensorDataField(fields.Field):
     """V2 `data`: a flat or nested list of numbers. Deserialises to a float64 or int64 array, validated for
     type and finiteness; the shape is checked against the declared one by the caller."""
@@ -264,6 +286,24 @@ def predict_schema(feature_names: tuple[str, ...], max_sequences: int, max_times
             "id": fields.String(validate=validate.Length(max=128)),
         },
         name="PredictRequest",
+    )(unknown=RAISE)
+
+
+@lru_cache(maxsize=256)
+def stream_schema(feature_names: tuple[str, ...], max_timesteps: int) -> Schema:
+    """The v1 stream body for one model: this request's timesteps and the state token of the previous answer."""
+    return Schema.from_dict(
+        {
+            "timesteps": TimestepsField(feature_names, max_timesteps),
+            "state": fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1)),
+            "outputs": fields.List(
+                fields.String(validate=validate.OneOf(OUTPUTS)),
+                load_default=lambda: ["labels", "probabilities"],
+                validate=validate.Length(min=1),
+            ),
+            "id": fields.String(validate=validate.Length(max=128)),
+        },
+        name="StreamRequest",
     )(unknown=RAISE)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 PREFIX = "SEQSERVE_"
@@ -56,6 +56,11 @@ class Settings:
     batch_max_queue_delay_ms: float = 0.0  # 0: never wait for company when the model is free
     batch_max_queue: int = 256  # pending requests beyond which the answer is 503 + Retry-After
     batch_timeout: float = 30.0
+    # streams (service/streams.py): v1 state tokens and V2 sequences
+    state_key: str = field(default="", repr=False)  # HMAC key of state tokens; "": random per server (warned)
+    state_ttl: float = 86_400.0  # seconds a state token stays valid
+    sequence_store: str = ""  # "": SQLite in the state folder (one server); redis://host:port/db: shared by replicas
+    sequence_idle_s: float = 60.0  # a V2 sequence idle this long expires (Triton's max_sequence_idle_microseconds)
     # process
     log_level: str = "INFO"
     log_requests: bool = True
@@ -74,6 +79,9 @@ class Settings:
         for name in ("max_body_bytes", "max_sequences", "max_timesteps", "batch_max_sequences", "batch_max_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SEQSERVE_{name.upper()} must be >= 1, got {getattr(self, name)}")
+        for name in ("state_ttl", "sequence_idle_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"SEQSERVE_{name.upper()} must be > 0, got {getattr(self, name)}")
 
     def batch_policy(self) -> BatchPolicy:
         return BatchPolicy(

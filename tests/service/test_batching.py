@@ -69,7 +69,7 @@ def test_batched_results_equal_unbatched(model_repository, name):
         max_sequences=64,
         max_cells=64 * 64,
         max_queue=100,
-        observer=BatchObserver(batch_sequences=sizes.append),
+        observer=BatchObserver(batch_sequences=lambda n, _: sizes.append(n)),
     )
     # Mixed lengths within and across requests; all in one length bucket (17..32) but the first.
     work = requests_of([[5], [20, 3, 31], [17], [32, 18], [25, 25, 19, 30], [1], [29]], seed=4)
@@ -141,7 +141,7 @@ def test_queue_delay_gathers_company(model_repository):
         max_cells=1000,
         max_queue=10,
         max_queue_delay=0.5,
-        observer=BatchObserver(batch_sequences=sizes.append),
+        observer=BatchObserver(batch_sequences=lambda n, _: sizes.append(n)),
     )
     work = requests_of([[4], [4], [4]])
     try:
