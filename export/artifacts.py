@@ -4,6 +4,17 @@ Both take raw `features` float32 [B, T, F] and the true `lengths` int64 [B] (so 
 recurrence), and return `probabilities` (softmax, applied here rather than in the trained module) and `logits`.
 Unidirectional models also take an initial state (`h0`, and `c0` for LSTM) and return the state at each sequence's
 true last step (`hn`, `cn`), so a client can stream a long sequence chunk by chunk.
+
+The state is optional in both files, zeros when left out. The graph is traced with the state as explicit positional
+tensors; `model.pt` is that trace inside a small scripted module whose `forward(features, lengths, h0=None,
+c0=None)` builds zeros [layers * directions, B, hidden] on the features' device and dtype. In `model.onnx` each
+state input is backed by a same-named initializer of zeros [layers * directions, 1, hidden] (an ONNX input with an
+initializer may be left out of the feed) and reaches its consumers through an Expand to [layers * directions, B,
+hidden], B read from Shape(features): the default broadcasts to any batch and a fed state of that batch passes
+unchanged (a fed state of batch 1 broadcasts too).
+onnxruntime never folds such an initializer into a constant, since a feed may override it (it logs a warning
+saying so when it opens the file: expected), and lists h0/c0 under `get_overridable_initializers()`, not
+`get_inputs()`.
 """
 
 from __future__ import annotations
@@ -13,8 +24,10 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
+from onnx import helper, numpy_helper
 from torch import Tensor, nn
 
 from modelrepo.manifest import ModelConfig, TensorSpec, state_names
@@ -72,8 +85,9 @@ def example_inputs(config: ModelConfig, batch: int = 3, steps: int = 7) -> tuple
 
 @contextlib.contextmanager
 def _quiet_export() -> Iterator[None]:
-    """The legacy exporter and the tracer warn about what we rely on (dynamic shapes through packed sequences);
-    the parity check, not these warnings, is what proves the artifacts right."""
+    """The legacy exporter and the tracer warn about what we rely on (dynamic shapes through packed sequences), and
+    TorchScript is deprecated upstream though asked for; the parity check, not these warnings, proves the artifacts
+    right."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -81,9 +95,62 @@ def _quiet_export() -> Iterator[None]:
         yield
 
 
-def write_torchscript(graph: InferenceGraph, path: Path) -> None:
+class _Stateless(nn.Module):
+    """`model.pt` of a bidirectional model: `forward(features, lengths)`, no state to carry."""
+
+    def __init__(self, traced: torch.jit.ScriptModule) -> None:
+        super().__init__()
+        self.traced = traced
+
+    def forward(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        return self.traced(features, lengths)
+
+
+class _OneState(nn.Module):
+    """`model.pt` of a GRU or RNN: `forward(features, lengths, h0=None)`, zeros when h0 is left out."""
+
+    def __init__(self, traced: torch.jit.ScriptModule, layers_dirs: int, hidden: int) -> None:
+        super().__init__()
+        self.traced = traced
+        self.layers_dirs = layers_dirs
+        self.hidden = hidden
+
+    def forward(self, features: Tensor, lengths: Tensor, h0: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        zeros = [self.layers_dirs, features.shape[0], self.hidden]
+        return self.traced(features, lengths, features.new_zeros(zeros) if h0 is None else h0)
+
+
+class _TwoStates(nn.Module):
+    """`model.pt` of an LSTM: `forward(features, lengths, h0=None, c0=None)`, zeros for each state left out."""
+
+    def __init__(self, traced: torch.jit.ScriptModule, layers_dirs: int, hidden: int) -> None:
+        super().__init__()
+        self.traced = traced
+        self.layers_dirs = layers_dirs
+        self.hidden = hidden
+
+    def forward(
+        self, features: Tensor, lengths: Tensor, h0: Tensor | None = None, c0: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        zeros = [self.layers_dirs, features.shape[0], self.hidden]
+        h = features.new_zeros(zeros) if h0 is None else h0
+        c = features.new_zeros(zeros) if c0 is None else c0
+        return self.traced(features, lengths, h, c)
+
+
+def torchscript_module(graph: InferenceGraph) -> torch.jit.ScriptModule:
+    """The trace (state as positional tensors, reachable as `.traced`) inside a scripted entry with named,
+    optional state arguments."""
+    config = graph.model.config
+    states = graph.state_in
     with _quiet_export():
-        torch.jit.trace(graph, example_inputs(graph.model.config)).save(str(path))
+        traced = torch.jit.trace(graph, example_inputs(config))
+        entry = _Stateless(traced) if states == 0 else (_OneState, _TwoStates)[states - 1](traced, *config.state_shape)
+        return torch.jit.script(entry)
+
+
+def write_torchscript(graph: InferenceGraph, path: Path) -> None:
+    torchscript_module(graph).save(str(path))
 
 
 def write_onnx(graph: InferenceGraph, path: Path, opset: int = DEFAULT_OPSET) -> None:
@@ -106,4 +173,52 @@ def write_onnx(graph: InferenceGraph, path: Path, opset: int = DEFAULT_OPSET) ->
             output_names=[s.name for s in outputs],
             dynamic_axes=dynamic,
         )
-    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    model = onnx.load(str(path))
+    default_states(model, graph.model.config)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+
+
+def default_states(model: onnx.ModelProto, config: ModelConfig) -> None:
+    """Make the state inputs optional, zeros by default: each is backed by a same-named initializer of zeros
+    [layers * directions, 1, hidden], expanded to the batch of `features` before its consumers (in place)."""
+    names = state_names(config)[0]
+    if not names:
+        return
+    if model.ir_version < 4:
+        raise ValueError(f"ONNX IR version {model.ir_version} < 4: initializers cannot back optional inputs there")
+    graph = model.graph
+    declared = {i.name for i in graph.input}
+    missing = [n for n in names if n not in declared]
+    if missing:
+        raise ValueError(f"the exported ONNX graph has no state input {missing}, its inputs are {sorted(declared)}")
+    layers_dirs, hidden = config.state_shape
+    prefix = "state_default/"
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array([layers_dirs], np.int64), prefix + "layers"),
+            numpy_helper.from_array(np.array([hidden], np.int64), prefix + "hidden"),
+        ]
+    )
+    nodes = [
+        helper.make_node("Shape", ["features"], [prefix + "batch"], name=prefix + "Shape", start=0, end=1),
+        helper.make_node("Concat", [prefix + n for n in ("layers", "batch", "hidden")], [prefix + "shape"], axis=0),
+    ]
+    for name in names:
+        expanded = prefix + name
+        _rename_uses(graph, name, expanded)
+        graph.initializer.append(numpy_helper.from_array(np.zeros((layers_dirs, 1, hidden), np.float32), name))
+        nodes.append(helper.make_node("Expand", [name, prefix + "shape"], [expanded], name=prefix + "Expand_" + name))
+    for node in reversed(nodes):
+        graph.node.insert(0, node)
+
+
+def _rename_uses(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Point every use of `old` at `new`, in subgraphs too (an If or Loop body may read an outer name)."""
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            if name == old:
+                node.input[index] = new
+        for attribute in node.attribute:
+            for sub in [*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs]:
+                _rename_uses(sub, old, new)
