@@ -69,6 +69,9 @@ class ModelRuntime:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Errors only: a stateful model.onnx keeps h0/c0 as inputs backed by zero initializers (optional state), and
+        # onnxruntime warns about each at every load. The provider actually used is checked below, not logged.
+        options.log_severity_level = 3
         self.requested = requested_providers(preference)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
