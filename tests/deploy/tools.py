@@ -19,6 +19,7 @@ from tests.conftest import REPO_ROOT
 INSTALL = "pip install -e '.[cpu,train,dev]' (make install-dev)"
 COMPOSE_FILES = {"gpu": ["docker-compose.yml"], "cpu": ["docker-compose.yml", "docker-compose.cpu.yml"]}
 K8S_DIR = REPO_ROOT / "deploy" / "kubernetes"
+PLACEHOLDER_KEY = "placeholder-state-key-for-config-checks"
 K8S_CORE = sorted(K8S_DIR.glob("*.yaml")) + sorted(K8S_DIR.glob("jobs/*.yaml"))
 K8S_KSERVE = sorted(K8S_DIR.glob("kserve/*.yaml"))
 # The oldest Kubernetes release still maintained when this was written, and the newest that kubernetes-validate knows.
@@ -52,9 +53,15 @@ def compose_binary() -> Path:
     return binary
 
 
-def run(argv: list[str | Path], cwd: Path = REPO_ROOT, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    # Variables that would change what Compose reads (COMPOSE_FILE, COMPOSE_PROFILES...) stay out.
+def run(
+    argv: list[str | Path], cwd: Path = REPO_ROOT, timeout: float = 120, env_drop: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    # Variables that would change what Compose reads (COMPOSE_FILE, COMPOSE_PROFILES...) stay out; the state key
+    # that docker-compose.yml demands (from .env in a deployment) is a placeholder here.
     env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
+    env.setdefault("SEQSERVE_STATE_KEY", PLACEHOLDER_KEY)
+    for name in env_drop:
+        env.pop(name, None)
     return subprocess.run(
         [str(a) for a in argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
