@@ -1,4 +1,4 @@
-"""`models.train`: real short runs on synthetic data, the run folder, seeding, and the command line
+"""`models.train`: real short runs on synthetic data, the run folder, streaming accuracy, seeding, and the command line
 whose flags, TOML keys and defaults come from the fields of RunConfig, ModelConfig and TrainConfig."""
 
 from __future__ import annotations
@@ -181,6 +181,77 @@ def test_malformed_data_exits_with_the_message(tmp_path, caplog):
     assert code == 2
     assert f"{path}: row 12, column 'gy'" in caplog.text
     assert not (tmp_path / "run" / checkpoint.CHECKPOINT_FILE).exists()
+
+
+# ------------------------------------------------------------------------------------------ streaming accuracy
+
+CONTEXT_RUN = {"seq_len": 8, "stride": 4, "split_block": 300, "epochs": 6, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def context_data(tmp_path_factory):
+    """A stream where one timestep says little (a class lifts its feature by 1 over unit noise) and a class lasts
+    100 to 200 steps: a window of 8 steps from a zero state has seen little, a stream has seen the segment so far."""
+    features, labels = make_stream(2400, seed=8, shift=1.0, segment=(100, 200))
+    return write_csv_stream(tmp_path_factory.mktemp("context") / "stream.csv", features, labels)
+
+
+@pytest.fixture(scope="module", params=["per_timestep", "last"])
+def context_run(request, context_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp(f"context-{request.param}") / "run"
+    train(context_data, out, head=request.param, **CONTEXT_RUN)
+    return out, json.loads((out / "metrics.json").read_text())
+
+
+def whole_block_predictions(run_dir, path) -> tuple[np.ndarray, np.ndarray]:
+    """Each test block run whole from a zero state by the saved model, computed here independently of the
+    streaming code: every timestep, or (`last` head) at each window's last step, from the block's start."""
+    model = checkpoint.load(run_dir / checkpoint.CHECKPOINT_FILE).model
+    loaded = data.load(path)
+    blocks = data.split_blocks(loaded, CONTEXT_RUN["split_block"], 0.15, 0.15, CONTEXT_RUN["seed"]).test
+    trues, preds = [], []
+    with torch.no_grad():
+        for block in blocks:
+            x, y = torch.from_numpy(block.features)[None], loaded.encode(block.labels)
+            if model.config.head == "per_timestep":
+                trues.append(y)
+                preds.append(model(x, torch.tensor([len(y)]))[0].argmax(-1).numpy())
+                continue
+            for _, end in data.window_bounds(len(y), CONTEXT_RUN["seq_len"], CONTEXT_RUN["seq_len"]):
+                trues.append(y[end - 1 : end])
+                preds.append(model(x[:, :end], torch.tensor([end])).argmax(-1).numpy())
+    return np.concatenate(trues), np.concatenate(preds)
+
+
+def test_streaming_accuracy_equals_running_each_test_block_whole(context_run, context_data):
+    run_dir, metrics = context_run
+    y_true, y_pred = whole_block_predictions(run_dir, context_data)
+    assert len(y_true) == metrics["support"]  # the same timesteps (or windows) as `accuracy`
+    assert metrics["streaming_accuracy"] == pytest.approx(float((y_true == y_pred).mean()))
+    assert metrics["streaming_unavailable"] is None
+
+
+def test_carried_context_beats_windows_run_from_a_zero_state(context_run):
+    _, metrics = context_run
+    # a window from a zero state has seen a few noisy steps of its segment; a stream has seen the segment so far
+    assert metrics["streaming_accuracy"] > metrics["accuracy"] + 0.03
+
+
+def test_streaming_accuracy_is_logged_beside_the_accuracy(separable_csv, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="models.train"):
+        metrics = train(separable_csv, tmp_path / "run", epochs=1)
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("test accuracy"))
+    assert f"test accuracy {metrics['accuracy']:.4f}" in line
+    assert f"streaming {metrics['streaming_accuracy']:.4f}" in line
+
+
+def test_a_bidirectional_model_has_no_streaming_accuracy_and_says_why(trained_runs):
+    metrics = json.loads((trained_runs["gru_last"] / "metrics.json").read_text())
+    assert metrics["streaming_accuracy"] is None
+    assert "bidirectional" in metrics["streaming_unavailable"]
+    assert isinstance(metrics["accuracy"], float)
+    unidirectional = json.loads((trained_runs["lstm_step"] / "metrics.json").read_text())
+    assert 0.0 <= unidirectional["streaming_accuracy"] <= 1.0
 
 
 # ------------------------------------------------------------------- settings: one source for each of them
