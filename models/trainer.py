@@ -1,7 +1,9 @@
 """The training loop, and only that: it receives a model, data loaders and a config (as minGPT's Trainer does).
 
 Cross-entropy on logits with padded timesteps ignored; Adam, StepLR and gradient clipping by default; early stopping
-on validation loss, keeping the best weights; every tensor on the model's device.
+on validation loss, keeping the best weights; every tensor on the model's device. Evaluation runs each window alone
+from a zero state (`evaluate`), or the windows of each stream in order with the state carried across them
+(`evaluate_streaming`), which is how a stream is served.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import random
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,8 +21,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from models.data import IGNORE_INDEX
-from models.model import SequenceClassifier
+from models.data import IGNORE_INDEX, collate
+from models.model import SequenceClassifier, State
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +96,47 @@ def _step_batches(model: SequenceClassifier, loader: DataLoader, device: torch.d
 
 @torch.no_grad()
 def evaluate(model: SequenceClassifier, loader: DataLoader, device: torch.device) -> Evaluation:
+    """Every window of the loader on its own, from a zero state."""
     model.eval()
+    return _judge(_step_batches(model, loader, device))
+
+
+@torch.no_grad()
+def evaluate_streaming(
+    model: SequenceClassifier, streams: Sequence[Sequence[tuple[Tensor, Tensor]]], device: torch.device
+) -> Evaluation:
+    """Each stream's windows (features, labels) in time order, the state carried from one window to the next, as a
+    stream is served: per timestep, or (`last` head) one prediction per window, at its last step, from everything
+    the stream has seen. The streams run side by side, one batch per window position."""
+    if model.config.bidirectional:
+        raise ValueError("a bidirectional model cannot stream: its backward direction reads each window from its end")
+    model.eval()
+    return _judge(_stream_batches(model, streams, device))
+
+
+def _stream_batches(
+    model: SequenceClassifier, streams: Sequence[Sequence[tuple[Tensor, Tensor]]], device: torch.device
+) -> Iterator[tuple[Tensor, Tensor]]:
+    ordered = sorted(streams, key=len, reverse=True)  # so the streams still running at any position are a prefix
+    state: State | None = None
+    for position in range(len(ordered[0]) if ordered else 0):
+        windows = [stream[position] for stream in ordered if position < len(stream)]
+        features, lengths, labels = (t.to(device) for t in collate(windows))
+        logits, state = model.forward_with_state(features, lengths, _first(state, len(windows)))
+        yield logits, targets_for(model, labels, lengths)
+
+
+def _first(state: State | None, count: int) -> State | None:
+    """The state of the first `count` sequences of a batch."""
+    if isinstance(state, tuple):
+        return state[0][:, :count], state[1][:, :count]
+    return None if state is None else state[:, :count]
+
+
+def _judge(batches: Iterable[tuple[Tensor, Tensor]]) -> Evaluation:
+    """Loss and accuracy over the real (unpadded) targets of (logits, targets) batches."""
     total_loss, count, trues, preds = 0.0, 0, [], []
-    for logits, targets in _step_batches(model, loader, device):
+    for logits, targets in batches:
         mask = targets != IGNORE_INDEX
         n = int(mask.sum())
         total_loss += float(masked_loss(logits, targets)) * n

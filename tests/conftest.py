@@ -125,7 +125,8 @@ def assert_png(path: Path) -> None:
 
 
 def train(data_path: Path, out: Path, **settings: Any) -> dict[str, Any]:
-    """`models.train.run` with quick defaults for tests (small model, few epochs, no progress bar)."""
+    """`models.train.run` with quick defaults for tests (small model, few epochs, no progress bar); `settings` are
+    flat, named like the command line's flags with underscores (`hidden=`, `layers=`, `batch_size=`, `progress=`)."""
     from models.train import RunConfig, run
 
     defaults: dict[str, Any] = {
@@ -137,7 +138,7 @@ def train(data_path: Path, out: Path, **settings: Any) -> dict[str, Any]:
         "device": "cpu",
         "progress": False,
     }
-    return run(RunConfig(data=str(data_path), out=str(out), **{**defaults, **settings}))
+    return run(RunConfig.from_settings({"data": str(data_path), "out": str(out), **defaults, **settings}))
 
 
 @pytest.fixture(scope="session")

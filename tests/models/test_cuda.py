@@ -1,5 +1,6 @@
 """On a CUDA machine: training with every tensor on the model's device, cuDNN's packed sequences padding-invariant
-and close to the CPU, and a checkpoint written from the GPU that loads on the CPU. Skipped without a GPU (CI)."""
+and close to the CPU, streaming evaluation as on the CPU, and a checkpoint written from the GPU that loads on the
+CPU. Skipped without a GPU (CI)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import itertools
 import pytest
 import torch
 
-from models import checkpoint
+from models import checkpoint, trainer
 from models.model import ModelConfig, SequenceClassifier
 from tests.conftest import make_stream, train, write_csv_stream
 
@@ -69,3 +70,20 @@ def test_gpu_matches_cpu_from_an_initial_state(cell, bidirectional):
         got, _ = gpu_model.forward_with_state(features.cuda(), torch.tensor(lengths, device="cuda"), on_device)
     valid = torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]
     torch.testing.assert_close(got.cpu()[valid], want[valid], rtol=0, atol=2e-3)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_streaming_evaluation_on_the_gpu_matches_the_cpu(cell):
+    """The carried state stays on the model's device, and streams of unequal lengths keep their own state."""
+    torch.manual_seed(0)
+    config = ModelConfig(input_dim=6, num_classes=3, cell=cell, num_layers=2, hidden_size=16)
+    model = SequenceClassifier(config)
+    streams = []
+    for length in (23, 7, 40, 16):
+        x, y = torch.randn(length, 6), torch.randint(0, 3, (length,))
+        streams.append([(x[s : s + 5], y[s : s + 5]) for s in range(0, length, 5)])
+    on_cpu = trainer.evaluate_streaming(model, streams, torch.device("cpu"))
+    on_gpu = trainer.evaluate_streaming(model.cuda(), streams, torch.device("cuda"))
+    assert on_gpu.loss == pytest.approx(on_cpu.loss, abs=1e-4)
+    assert (on_gpu.y_true == on_cpu.y_true).all()
+    assert (on_gpu.y_pred != on_cpu.y_pred).mean() < 0.02

@@ -1,6 +1,9 @@
-"""The training loop's pieces: the masked loss, the targets of each head, evaluation and early stopping."""
+"""The training loop's pieces: the masked loss, the targets of each head, evaluation (each window alone, and streams
+with the state carried across windows) and early stopping."""
 
 from __future__ import annotations
+
+import itertools
 
 import pytest
 import torch
@@ -89,3 +92,57 @@ def test_defaults_follow_the_tutorial():
     """Adam with StepLR(step 50, gamma 0.2) and gradient clipping at 1.0, as the users' tutorial does."""
     config = trainer.TrainConfig()
     assert (config.lr_step, config.lr_gamma, config.grad_clip) == (50, 0.2, 1.0)
+
+
+def streams_of(recordings: list[tuple[torch.Tensor, torch.Tensor]], seq_len: int) -> list[list[tuple]]:
+    """Each recording cut into contiguous, non-overlapping windows in time order (as the test split is)."""
+    return [[(x[s:e], y[s:e]) for s, e in data.window_bounds(len(y), seq_len, seq_len)] for x, y in recordings]
+
+
+def whole(
+    model: SequenceClassifier, x: torch.Tensor, y: torch.Tensor, seq_len: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, targets) of one recording run whole from a zero state: every timestep, or (`last` head) the
+    prediction at each window's last step from the recording's start up to there."""
+    if model.config.head == "per_timestep":
+        return model(x[None], torch.tensor([len(y)]))[0], y
+    ends = [end for _, end in data.window_bounds(len(y), seq_len, seq_len)]
+    return torch.cat([model(x[None, :end], torch.tensor([end])) for end in ends]), y[torch.tensor(ends) - 1]
+
+
+@pytest.mark.parametrize(
+    ("cell", "layers", "head"), list(itertools.product(("rnn", "gru", "lstm"), (1, 2), ("per_timestep", "last")))
+)
+def test_streaming_evaluation_equals_each_recording_run_whole(cell, layers, head):
+    torch.manual_seed(0)
+    config = ModelConfig(input_dim=4, num_classes=3, cell=cell, num_layers=layers, hidden_size=8, head=head)
+    model = SequenceClassifier(config)
+    recordings = windows([23, 7, 40, 16, 5])  # cut into windows of 5 steps, a shorter one at each recording's end
+    streamed = trainer.evaluate_streaming(model, streams_of(recordings, 5), torch.device("cpu"))
+    with torch.no_grad():
+        runs = [whole(model, x, y, 5) for x, y in recordings]
+    logits, targets = torch.cat([logits for logits, _ in runs]), torch.cat([targets for _, targets in runs])
+    assert not model.training
+    assert len(streamed.y_true) == len(targets) == (91 if head == "per_timestep" else 5 + 2 + 8 + 4 + 1)
+    assert streamed.loss == pytest.approx(float(nn.functional.cross_entropy(logits, targets)), abs=1e-6)
+    assert streamed.accuracy == pytest.approx(float((logits.argmax(-1) == targets).float().mean()))
+    pairs = sorted(zip(streamed.y_true.tolist(), streamed.y_pred.tolist(), strict=True))
+    assert pairs == sorted(zip(targets.tolist(), logits.argmax(-1).tolist(), strict=True))
+
+
+@pytest.mark.parametrize("head", ["per_timestep", "last"])
+def test_streaming_differs_from_running_each_window_from_a_zero_state(head):
+    model = model_for(head, cell="gru")
+    recordings = windows([30, 25, 12])
+    streams = streams_of(recordings, 4)
+    streamed = trainer.evaluate_streaming(model, streams, torch.device("cpu"))
+    loader = DataLoader([w for stream in streams for w in stream], batch_size=8, collate_fn=data.collate)
+    alone = trainer.evaluate(model, loader, torch.device("cpu"))
+    assert len(alone.y_true) == len(streamed.y_true)
+    assert abs(alone.loss - streamed.loss) > 1e-3
+
+
+def test_a_bidirectional_model_cannot_stream():
+    model = model_for("per_timestep", bidirectional=True)
+    with pytest.raises(ValueError, match="bidirectional model cannot stream"):
+        trainer.evaluate_streaming(model, streams_of(windows([8]), 4), torch.device("cpu"))
