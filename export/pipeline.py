@@ -22,7 +22,7 @@ from models.model import parameter_count_formula
 
 log = logging.getLogger(__name__)
 # The training metrics a manifest carries (shown by the service's model listing).
-MANIFEST_METRICS = ("accuracy", "macro_f1", "support", "split", "unit")
+MANIFEST_METRICS = ("accuracy", "streaming_accuracy", "streaming_unavailable", "macro_f1", "support", "split", "unit")
 
 
 def build_manifest(ckpt: checkpoint.Checkpoint, name: str, opset: int, run_dir: Path) -> Manifest:
