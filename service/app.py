@@ -36,6 +36,7 @@ class Resources:
     def close(self) -> None:
         self.plane.stop()
         self.streams.close()
+        self.metrics.stop()
         self.logs.stop()
 
 
@@ -45,12 +46,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     logs = observability.LogPipeline(settings.log_level)
     logs.start()
     metrics = Metrics(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    metrics.start()
     plane = DataPlane(settings, metrics)
     app = Flask("service")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions[EXTENSION] = Resources(settings, logs, metrics, plane, _streams(settings, plane, metrics))
     http.init_app(app)
-    observability.init_app(app, metrics, settings.log_requests)
+    observability.init_app(app, metrics, logs, settings.log_requests)
     for blueprint in (ops.bp, api_v1.bp, api_v2.bp):
         app.register_blueprint(blueprint)
     plane.start()

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from marshmallow import ValidationError
 
 from modelrepo import layout
@@ -203,10 +202,10 @@ class DataPlane:
     def _batcher(self, runtime: ModelRuntime, manifest: Manifest, policy: BatchPolicy) -> AdaptiveBatcher:
         name, m = manifest.name, self.metrics
         observer = BatchObserver(
-            queue_seconds=m.queue_seconds.labels(name).observe,
-            compute_seconds=m.compute_seconds.labels(name).observe,
-            batch_sequences=lambda n, stateful: m.batch_sequences.labels(name, str(stateful).lower()).observe(n),
-            rejected=m.rejected.labels(name).inc,
+            queue_seconds=lambda s: m.observe(m.queue_seconds, (name,), s),
+            compute_seconds=lambda s: m.observe(m.compute_seconds, (name,), s),
+            batch_sequences=lambda n, stateful: m.observe(m.batch_sequences, (name, _flag(stateful)), n),
+            rejected=lambda: m.inc(m.rejected, (name,)),
         )
         return AdaptiveBatcher(
             runtime.run,
@@ -311,9 +310,12 @@ class DataPlane:
         else:
             started = time.perf_counter()
             outputs = model.runtime.run(inputs)
-            self.metrics.compute_seconds.labels(model.name).observe(time.perf_counter() - started)
-            stateful = str(len(inputs) > 2).lower()  # features, lengths and a state
-            self.metrics.batch_sequences.labels(model.name, stateful).observe(features.shape[0])
-        self.metrics.sequences.labels(model.name).inc(features.shape[0])
-        self.metrics.timesteps.labels(model.name).inc(int(np.sum(inputs["lengths"])))
+            m = self.metrics
+            m.observe(m.compute_seconds, (model.name,), time.perf_counter() - started)
+            m.observe(m.batch_sequences, (model.name, _flag(len(inputs) > 2)), features.shape[0])  # a state given
+        self.metrics.inc(self.metrics.timesteps, (model.name,), int(inputs["lengths"].sum()))
         return outputs
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"

@@ -164,7 +164,7 @@ class Streams:
         }
         for spec, tensor in zip(model.manifest.state_inputs, state or (), strict=False):
             inputs[spec.name] = np.ascontiguousarray(tensor[:, None, :], dtype=np.float32)
-        self.metrics.stream_requests.labels(model.name, protocol).inc()
+        self.metrics.inc(self.metrics.stream_requests, (model.name, protocol))
         return self.plane.infer(model, inputs)
 
 

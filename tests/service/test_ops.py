@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from openapi_spec_validator import validate
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -38,31 +40,33 @@ def test_metrics_count_requests_sequences_and_batches(server):
     for _ in range(3):
         assert server.post("/v1/models/lstm_step/predict", {"sequences": sequences}).status_code == 200
     assert server.post("/v1/models/lstm_step/predict", {"sequences": []}).status_code == 422
-    after = samples(server)
+    endpoint = "/v1/models/<name>/predict"
+    # Workers write their sums out once a second (service/metrics.py): the other worker's may be a moment late.
+    expected = {
+        ("seqserve_requests_total", (("endpoint", endpoint), ("model", "lstm_step"), ("status", "200"))): 3,
+        ("seqserve_requests_total", (("endpoint", endpoint), ("model", "lstm_step"), ("status", "422"))): 1,
+        ("seqserve_timesteps_total", (("model", "lstm_step"),)): 3 * 13,
+        ("seqserve_request_duration_seconds_count", (("endpoint", endpoint), ("model", "lstm_step"))): 4,
+        ("seqserve_queue_duration_seconds_count", (("model", "lstm_step"),)): 3,
+        ("seqserve_batch_size_sequences_sum", (("model", "lstm_step"), ("stateful", "false"))): 6,
+    }
 
-    def delta(name: str, **labels: str) -> float:
-        key = (name, frozenset(labels.items()))
+    def delta(after: dict, name: str, labels: tuple) -> float:
+        key = (name, frozenset(labels))
         return after.get(key, 0.0) - before.get(key, 0.0)
 
-    endpoint = "/v1/models/<name>/predict"
-    assert delta("seqserve_requests_total", endpoint=endpoint, model="lstm_step", status="200") == 3
-    assert delta("seqserve_requests_total", endpoint=endpoint, model="lstm_step", status="422") == 1
-    assert delta("seqserve_sequences_total", model="lstm_step") == 6
-    assert delta("seqserve_timesteps_total", model="lstm_step") == 3 * 13
-    assert delta("seqserve_request_duration_seconds_count", endpoint=endpoint, model="lstm_step") == 4
-    assert delta("seqserve_queue_duration_seconds_count", model="lstm_step") == 3
-    assert delta("seqserve_compute_duration_seconds_count", model="lstm_step") >= 1
-    assert delta("seqserve_batch_size_sequences_sum", model="lstm_step", stateful="false") == 6
+    deadline = time.monotonic() + 10
+    while True:
+        after = samples(server)
+        got = {key: delta(after, *key) for key in expected}
+        if got == expected or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert got == expected
+    assert delta(after, "seqserve_compute_duration_seconds_count", (("model", "lstm_step"),)) >= 1
     ready = {k: v for k, v in after.items() if k[0] == "seqserve_model_ready"}
-    assert (
-        ready[
-            (
-                "seqserve_model_ready",
-                frozenset({"model": "lstm_step", "version": "1", "provider": "CPUExecutionProvider"}.items()),
-            )
-        ]
-        == 1
-    )
+    labels = {"model": "lstm_step", "version": "1", "provider": "CPUExecutionProvider"}
+    assert ready[("seqserve_model_ready", frozenset(labels.items()))] == 1
 
 
 def test_openapi_document_is_valid(server):
