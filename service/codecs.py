@@ -17,7 +17,14 @@ import orjson
 from marshmallow import Schema, ValidationError
 
 from modelrepo.manifest import Manifest, TensorSpec
-from service.schemas import BinaryRequestSchema, InferRequestSchema, flatten_errors, predict_schema, stream_schema
+from service.schemas import (
+    BinaryRequestSchema,
+    InferRequestSchema,
+    flatten_errors,
+    predict_schema,
+    quick_load,
+    stream_schema,
+)
 
 NUMPY = orjson.OPT_SERIALIZE_NUMPY
 V2_DTYPES = {"FP32": np.dtype("<f4"), "INT64": np.dtype("<i8")}
@@ -123,7 +130,8 @@ class RawMeta:
 
 def v1_json(body: bytes, manifest: Manifest, limits: Limits) -> PredictRequest:
     schema = predict_schema(manifest.feature_names, limits.max_sequences, limits.max_timesteps)
-    data = load(schema, decode_json(body))
+    raw = decode_json(body)
+    data = quick_load(schema, raw) or load(schema, raw)
     batch = data["sequences"]
     return PredictRequest(batch.features, batch.lengths, tuple(dict.fromkeys(data["outputs"])), data.get("id"))
 
@@ -226,7 +234,8 @@ class StreamChunk:
 
 def v1_stream_json(data: Any, manifest: Manifest, limits: Limits) -> StreamChunk:
     """`{"timesteps": [...], "state": ..., "outputs": [...]}`, already parsed from JSON."""
-    loaded = load(stream_schema(manifest.feature_names, limits.max_timesteps), data)
+    schema = stream_schema(manifest.feature_names, limits.max_timesteps)
+    loaded = quick_load(schema, data) or load(schema, data)
     return StreamChunk(loaded["timesteps"], tuple(dict.fromkeys(loaded["outputs"])), loaded.get("id"))
 
 

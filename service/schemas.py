@@ -18,7 +18,7 @@ from itertools import chain
 from typing import Any
 
 import numpy as np
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import RAISE, Schema, ValidationError, fields, missing, validate, validates_schema
 
 from modelrepo.layout import NAME_PATTERN
 
@@ -401,6 +401,29 @@ class InferRequestSchema(StrictSchema):
     parameters = V2Parameters()
     inputs = fields.List(fields.Nested(InferInputSchema), required=True, validate=validate.Length(min=1))
     outputs = fields.List(fields.Nested(InferOutputSchema))
+
+
+# ------------------------------------------------------------------------------------------------ fast load
+
+
+def quick_load(schema: Schema, data: Any) -> dict[str, Any] | None:
+    """The schema's own fields, without `Schema.load`'s per-call machinery (processors, error store, the unknown
+    field pass), for a body that is all well-formed: a dict of known keys whose every field deserialises and
+    validates. None for anything else, and then `schema.load` runs and writes the error. Only for schemas without
+    hooks (processors, schema validators), whose `load` is exactly its fields' deserialisation."""
+    if any(schema._hooks.values()):
+        raise ValueError(f"{type(schema).__name__} has hooks: quick_load would skip them")
+    if type(data) is not dict or not data.keys() <= schema.load_fields.keys():
+        return None
+    loaded = {}
+    try:
+        for name, field in schema.load_fields.items():
+            value = field.deserialize(data.get(name, missing), name, data)
+            if value is not missing:
+                loaded[name] = value
+    except ValidationError:
+        return None
+    return loaded
 
 
 # ------------------------------------------------------------------------------------------------ errors

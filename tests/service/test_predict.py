@@ -183,3 +183,44 @@ def test_model_listing(server):
     assert version["input_dim"] == len(FEATURE_NAMES)
     assert version["head"] == "per_timestep"
     assert server.get("/v1/models/gru_last").json()["versions"][0]["head"] == "last"
+
+
+def test_quick_load_equals_the_schema_or_declines():
+    """The v1 bodies' fast path (service.schemas.quick_load) gives exactly what marshmallow's load gives for
+    well-formed bodies, and declines (None) whatever load would refuse, so that load writes the error."""
+    from marshmallow import ValidationError
+
+    from service.schemas import predict_schema, quick_load, stream_schema
+
+    names = ("ax", "ay", "az", "gx", "gy", "gz")
+    schema = predict_schema(names, 4, 10)
+    rng = np.random.default_rng(0)
+    good = [
+        {"sequences": rng.normal(size=(2, 3, 6)).tolist()},
+        {"sequences": [rng.normal(size=(2, 6)).tolist(), rng.normal(size=(5, 6)).tolist()], "outputs": ["logits"]},
+        {"sequences": [[dict(zip(names, range(6), strict=True))]], "id": "r1"},
+    ]
+    for body in good:
+        fast, full = quick_load(schema, body), schema.load(body)
+        assert fast.keys() == full.keys()
+        np.testing.assert_array_equal(fast["sequences"].features, full["sequences"].features)
+        np.testing.assert_array_equal(fast["sequences"].lengths, full["sequences"].lengths)
+        assert (fast["outputs"], fast.get("id")) == (full["outputs"], full.get("id"))
+    bad = [
+        [],
+        {"sequences": [[[0.0] * 5]]},
+        {"sequences": [[[0.0] * 6]], "extra": 1},
+        {"sequences": [[[0.0] * 6]] * 5},
+        {"sequences": [[[0.0] * 6]], "outputs": ["nope"]},
+        {"sequences": [[[0.0] * 6]], "outputs": []},
+        {"outputs": ["labels"]},
+        {"sequences": [[[True] + [0.0] * 5]]},
+    ]
+    for body in bad:
+        assert quick_load(schema, body) is None
+        if isinstance(body, dict):
+            with pytest.raises(ValidationError):
+                schema.load(body)
+    stream = stream_schema(names, 10)
+    assert quick_load(stream, {"timesteps": [[0.0] * 6], "state": None})["timesteps"].shape == (1, 6)
+    assert quick_load(stream, {"timesteps": [[0.0] * 6], "state": 3}) is None
