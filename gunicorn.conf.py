@@ -33,6 +33,9 @@ graceful_timeout = _settings.graceful_timeout
 # timeout (and SEQSERVE_GRACEFUL_TIMEOUT above that).
 keepalive = _settings.keepalive
 backlog = 2048
+# Requests are parsed by gunicorn-h1c's C parser (a pinned dependency); "fast" fails at start if it is missing,
+# rather than falling back to the Python parser unnoticed.
+http_parser = "fast"
 preload_app = False
 accesslog = None  # the app logs each request as JSON, with its request id
 errorlog = "-"
