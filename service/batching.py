@@ -106,6 +106,12 @@ class AdaptiveBatcher:
         assert work.outputs is not None
         return work.outputs
 
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a run (a leader waiting for company counts its own)."""
+        with self._cond:
+            return len(self._queue)
+
     def stop(self) -> None:
         """Refuse new requests; those already queued still run."""
         with self._cond:

@@ -2,7 +2,8 @@
 
 Logs are written by one background thread per app (`LogPipeline`): request threads only put records on a queue;
 the writer takes everything queued at once, formats it and writes it to the stream in one call. The pipeline is
-owned by the app and stopped (and flushed) with it; a newer pipeline takes over the root logger from an older one.
+owned by the app and stopped (and flushed) with it. The root logger is the process's: the newest running app's
+pipeline writes for it, and when that app closes, the next newest takes over again.
 
 The access log skips the `logging` machinery (a LogRecord with extras costs more than the rest of the line): a
 request puts one tuple on the queue, and the writer turns it into the same JSON line a record would have made.
@@ -108,22 +109,22 @@ class LogPipeline:
         self._thread = threading.Thread(target=self._write, name="log-writer", daemon=True)
 
     def start(self) -> None:
-        root = logging.getLogger()
-        for handler in list(root.handlers):
-            if isinstance(handler, _Enqueue):  # an older app's pipeline: this one takes over
-                root.removeHandler(handler)
-        root.addHandler(self._handler)
-        root.setLevel(self.level)
         self._thread.start()
+        _running.append(self)
+        _attach(self)
         atexit.register(self.stop)  # a worker that exits without closing its app still flushes
 
     def access(self, entry: Access) -> None:
         self._records.put(entry)
 
     def stop(self) -> None:
-        """Detach from the root logger, then write what is still queued."""
+        """Hand the root logger back to the newest pipeline still running, then write what is still queued."""
         atexit.unregister(self.stop)
+        if self in _running:
+            _running.remove(self)
         logging.getLogger().removeHandler(self._handler)
+        if _running:
+            _attach(_running[-1])
         if self._thread.is_alive():
             self._records.put(None)
             self._thread.join(timeout=5)
@@ -154,6 +155,19 @@ class LogPipeline:
             return self.formatter.format(entry).encode() + b"\n"
         except Exception:  # a record that cannot be formatted must not stop the writer
             return b'{"level": "ERROR", "msg": "unformattable log record"}\n'
+
+
+_running: list[LogPipeline] = []  # pipelines of the apps alive in this process, oldest first
+
+
+def _attach(pipeline: LogPipeline) -> None:
+    """The root logger writes through `pipeline` (the newest app's) alone, at its level."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, _Enqueue):
+            root.removeHandler(handler)
+    root.addHandler(pipeline._handler)
+    root.setLevel(pipeline.level)
 
 
 def init_app(app: Flask, metrics: Metrics, logs: LogPipeline, log_requests: bool) -> None:

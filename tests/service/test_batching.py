@@ -1,9 +1,15 @@
 """Adaptive batching: merged runs give each request exactly what an unbatched run gives; a full queue answers
-503 + Retry-After at once."""
+503 + Retry-After at once.
+
+The batcher is driven directly (a gate holds the first run so that the rest queue behind it); waits on its queue
+go through its public `queued` count, with a deadline. Through gunicorn: overload under gevent workers. Through an
+app in process: per-model batching settings."""
 
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,6 +26,15 @@ from tests.service.conftest import start_server
 def runtime_for(repository: Path, name: str) -> ModelRuntime:
     entry = layout.VersionDir(name, 1, repository / name / "1")
     return ModelRuntime(entry.path, layout.read_version(entry), "cpu", 1)
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll `condition` until it holds; fail saying what did not happen, after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout:g} s: {what}")
+        time.sleep(0.01)
 
 
 def requests_of(lengths_per_request: list[list[int]], seed: int = 0) -> list[dict[str, np.ndarray]]:
@@ -50,9 +65,13 @@ class Gate:
         try:
             with ThreadPoolExecutor(len(work)) as pool:
                 futures = [pool.submit(batcher.submit, w) for w in work]
-                while len(batcher._queue) + len(self.runs) < len(work) - 1:
-                    threading.Event().wait(0.01)
-                self.open.set()
+                try:
+                    wait_until(
+                        lambda: batcher.queued + len(self.runs) >= len(work) - 1,
+                        f"{len(work) - 1} requests queued behind the held run (queued: {batcher.queued})",
+                    )
+                finally:
+                    self.open.set()
                 return [f.result(timeout=30) for f in futures]
         finally:
             batcher.stop()
@@ -117,11 +136,12 @@ def test_full_queue_is_refused_at_once(model_repository):
     try:
         with ThreadPoolExecutor(3) as pool:
             futures = [pool.submit(batcher.submit, w) for w in work[:3]]  # one running (held), two queued
-            while len(batcher._queue) < 2:
-                threading.Event().wait(0.01)
-            with pytest.raises(Overloaded) as refused:
-                batcher.submit(work[3])
-            gate.open.set()
+            try:
+                wait_until(lambda: batcher.queued == 2, "two requests queued behind the held run")
+                with pytest.raises(Overloaded) as refused:
+                    batcher.submit(work[3])
+            finally:
+                gate.open.set()
             for f in futures:
                 f.result(timeout=30)
     finally:
@@ -132,6 +152,40 @@ def test_full_queue_is_refused_at_once(model_repository):
 
 
 def test_queue_delay_gathers_company(model_repository):
+    """A run that finds the model free waits for company: requests that arrive while it waits join it, and once
+    the run is full it goes at once, without waiting out the delay. The delay is far longer than the test, so
+    a slow machine cannot make the company arrive too late."""
+    runtime = runtime_for(model_repository, "lstm_step")
+    sizes: list[int] = []
+    delay = 60.0
+    batcher = AdaptiveBatcher(
+        runtime.run,
+        runtime.manifest,
+        max_sequences=3,
+        max_cells=1000,
+        max_queue=10,
+        max_queue_delay=delay,
+        observer=BatchObserver(batch_sequences=lambda n, _: sizes.append(n)),
+    )
+    work = requests_of([[4], [4], [4]])
+    started = time.monotonic()
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            first = pool.submit(batcher.submit, work[0])
+            wait_until(lambda: batcher.queued == 1, "the first request queued")
+            time.sleep(0.2)
+            assert not first.done()
+            assert batcher.queued == 1  # it holds the model, waiting for company
+            company = [pool.submit(batcher.submit, w) for w in work[1:]]
+            results = [f.result(timeout=30) for f in [first, *company]]
+    finally:
+        batcher.stop()
+    assert sizes == [3]
+    assert time.monotonic() - started < delay
+    assert all(r["probabilities"].shape == (1, 4, 3) for r in results)
+
+
+def test_a_run_that_is_not_full_waits_out_the_delay(model_repository):
     runtime = runtime_for(model_repository, "lstm_step")
     sizes: list[int] = []
     batcher = AdaptiveBatcher(
@@ -140,17 +194,17 @@ def test_queue_delay_gathers_company(model_repository):
         max_sequences=8,
         max_cells=1000,
         max_queue=10,
-        max_queue_delay=0.5,
+        max_queue_delay=0.3,
         observer=BatchObserver(batch_sequences=lambda n, _: sizes.append(n)),
     )
-    work = requests_of([[4], [4], [4]])
+    started = time.perf_counter()
     try:
-        with ThreadPoolExecutor(3) as pool:
-            results = list(pool.map(batcher.submit, work))
+        result = batcher.submit(requests_of([[4]])[0])
     finally:
         batcher.stop()
-    assert sizes == [3]
-    assert all(r["probabilities"].shape == (1, 4, 3) for r in results)
+    assert time.perf_counter() - started >= 0.3
+    assert sizes == [1]
+    assert result["probabilities"].shape == (1, 4, 3)
 
 
 def test_overloaded_server_answers_503_with_retry_after(model_repository, tmp_path):
@@ -172,7 +226,7 @@ def test_overloaded_server_answers_503_with_retry_after(model_repository, tmp_pa
     assert set(statuses) <= {200, 503}
 
 
-def test_batching_is_configured_per_model(model_repository, tmp_path):
+def test_batching_is_configured_per_model(make_app, model_repository, tmp_path):
     """`REPOSITORY/NAME/config.json` overrides the server's batching defaults for that model, like Triton's
     config.pbtxt; a bad one fails that model's versions with the reason, and nothing else."""
     import shutil
@@ -187,21 +241,18 @@ def test_batching_is_configured_per_model(model_repository, tmp_path):
         orjson.dumps({"batching": {"max_sequences": 4, "max_queue_delay_ms": 2.5}})
     )
     (repo / "gru_last" / "config.json").write_bytes(orjson.dumps({"batching": {"max_queue": 0, "colour": "red"}}))
-    server = start_server(repo, tmp_path / "log", wait_ready=False, workers=1, batch_max_queue=99)
-    try:
-        report = settled(server)
-        batching = server.get("/v1/models/lstm_step").json()["versions"][0]["batching"]
-        assert batching == {
-            "enabled": True,
-            "max_sequences": 4,
-            "max_cells": 64 * 512,
-            "max_queue_delay_ms": 2.5,
-            "max_queue": 99,
-        }
-        reason = report["models"]["gru_last"][0]["reason"]
-        assert "gru_last/config.json" in reason
-        assert "batching.max_queue: Must be greater than or equal to 1" in reason
-        assert "batching.colour: Unknown field" in reason
-        assert server.post("/v1/models/lstm_step/predict", ONE).status_code == 200
-    finally:
-        assert server.stop() == 0
+    app = make_app(repo, batch_max_queue=99)
+    report = settled(app)
+    batching = app.get("/v1/models/lstm_step").json()["versions"][0]["batching"]
+    assert batching == {
+        "enabled": True,
+        "max_sequences": 4,
+        "max_cells": 64 * 512,
+        "max_queue_delay_ms": 2.5,
+        "max_queue": 99,
+    }
+    reason = report["models"]["gru_last"][0]["reason"]
+    assert "gru_last/config.json" in reason
+    assert "batching.max_queue: Must be greater than or equal to 1" in reason
+    assert "batching.colour: Unknown field" in reason
+    assert app.post("/v1/models/lstm_step/predict", ONE).status_code == 200

@@ -1,5 +1,9 @@
 """Model loading: readiness only when warm, honest providers, failures that stay local, new versions without
-downtime, and a broken onnxruntime install detected at start."""
+downtime, and a broken onnxruntime install detected at start.
+
+What one dataplane decides (states, reasons, readiness, polling) is checked on apps built in this process
+(`make_app`); gunicorn is kept for what needs the server: a worker that answers /health while it loads (the
+loader is a greenlet under gevent), readiness across workers, and SIGHUP reloads."""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import pytest
 
 from service.runtime import install_problems
 from service.settings import Settings
-from tests.service.conftest import start_server
+from tests.service.conftest import CPU, CUDA, start_server
 
 ONE = {"sequences": [[[0.1, 0.2, 0.3, 0.4, 0.5, 0.6]] * 3]}
 
@@ -79,83 +83,79 @@ def test_ready_is_503_until_models_are_warm(model_repository, tmp_path):
         assert server.stop() == 0
 
 
-def test_cuda_fallback_is_reported_and_can_make_the_service_not_ready(model_repository, tmp_path):
-    lenient = start_server(model_repository, tmp_path / "lenient", provider="cuda")
-    try:
-        version = lenient.get("/v1/models/lstm_step").json()["versions"][0]
-        assert version["provider"] == "CPUExecutionProvider"  # what onnxruntime really uses, not what we asked
-        assert "asked for CUDAExecutionProvider, onnxruntime runs it on CPUExecutionProvider" in lenient.logs()
-    finally:
-        lenient.stop()
-    strict = start_server(
-        model_repository, tmp_path / "strict", wait_ready=False, workers=1, provider="cuda", require_gpu="true"
-    )
-    try:
-        report = settled(strict)
-        assert strict.get("/ready").status_code == 503
-        reasons = [v["reason"] for versions in report["models"].values() for v in versions]
-        assert reasons
-        assert all("GPU required but onnxruntime runs it on CPUExecutionProvider" in r for r in reasons)
-        refused = strict.post("/v1/models/lstm_step/predict", ONE)
-        assert refused.status_code == 503
-        assert "GPU required" in refused.json()["error"]["message"]
-    finally:
-        strict.stop()
+def test_cuda_fallback_is_reported_and_can_make_the_service_not_ready(
+    make_app, model_repository, expected_provider, caplog
+):
+    """Asked for CUDA, onnxruntime falls back to CPU where it cannot run CUDA: the service reports the provider it
+    really got and logs the fallback, and with `require_gpu` it is not ready. Where CUDA works (onnxruntime-gpu
+    on a GPU) the same settings get CUDA, nothing falls back, and the service is ready."""
+    fallback = f"asked for {CUDA}, onnxruntime runs it on {CPU}"
+    lenient = make_app(model_repository, provider="cuda")
+    version = lenient.get("/v1/models/lstm_step").json()["versions"][0]
+    assert version["provider"] == expected_provider  # what onnxruntime really uses, not what we asked
+    strict = make_app(model_repository, provider="cuda", require_gpu="true")
+    report = settled(strict)
+    if expected_provider == CUDA:
+        assert fallback not in caplog.text
+        assert strict.get("/ready").status_code == 200
+        assert strict.post("/v1/models/lstm_step/predict", ONE).status_code == 200
+        return
+    assert fallback in caplog.text
+    assert strict.get("/ready").status_code == 503
+    reasons = [v["reason"] for versions in report["models"].values() for v in versions]
+    assert reasons
+    assert all(f"GPU required but onnxruntime runs it on {CPU}" in r for r in reasons)
+    refused = strict.post("/v1/models/lstm_step/predict", ONE)
+    assert refused.status_code == 503
+    assert "GPU required" in refused.json()["error"]["message"]
 
 
-def test_a_model_that_fails_to_load_does_not_take_the_others_down(model_repository, tmp_path):
+def test_a_model_that_fails_to_load_does_not_take_the_others_down(make_app, model_repository, tmp_path):
     repo = copy_repository(model_repository, tmp_path / "repo")
     onnx_file = repo / "gru_last" / "1" / "model.onnx"
     onnx_file.write_bytes(onnx_file.read_bytes()[:-10] + b"corrupted!")
-    server = start_server(repo, tmp_path / "log", wait_ready=False, workers=1)  # one worker: one view of the state
-    try:
-        report = settled(server)
-        assert server.get("/ready").status_code == 503  # strict readiness, as Triton's default
-        assert report["models"]["gru_last"][0]["state"] == "failed"
-        assert report["models"]["lstm_step"][0]["state"] == "ready"
-        assert "does not match the manifest" in report["models"]["gru_last"][0]["reason"]
-        assert server.post("/v1/models/lstm_step/predict", ONE).status_code == 200
-        broken = server.post("/v1/models/gru_last/predict", ONE)
-        assert broken.status_code == 503
-        assert "failed" in broken.json()["error"]["message"]
-    finally:
-        assert server.stop() == 0
+    app = make_app(repo)
+    report = settled(app)
+    # Not ready even under the default (lenient) readiness: gru_last has no ready version at all.
+    assert app.get("/ready").status_code == 503
+    assert "model 'gru_last' has no ready version" in report["problems"]
+    assert report["models"]["gru_last"][0]["state"] == "failed"
+    assert report["models"]["lstm_step"][0]["state"] == "ready"
+    assert "does not match the manifest" in report["models"]["gru_last"][0]["reason"]
+    assert app.post("/v1/models/lstm_step/predict", ONE).status_code == 200
+    broken = app.post("/v1/models/gru_last/predict", ONE)
+    assert broken.status_code == 503
+    assert "failed" in broken.json()["error"]["message"]
 
 
-def test_new_versions_appear_without_downtime(model_repository, trained_runs, tmp_path):
+def test_new_versions_appear_without_downtime(make_app, model_repository, trained_runs, tmp_path):
     from export.pipeline import export_run
 
     repo = copy_repository(model_repository, tmp_path / "repo")
-    server = start_server(repo, tmp_path / "log", poll_interval=0.2, workers=1)
-    try:
-        with steady_traffic(server) as statuses:
-            version, _ = export_run(trained_runs["lstm_step"], repo, "lstm_step")
-            assert version == 2
-            deadline = time.monotonic() + 30
-            while server.post("/v1/models/lstm_step/predict", ONE).json()["model_version"] != "2":
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
-            shutil.rmtree(repo / "lstm_step" / "1")
-            while [v["version"] for v in server.get("/v1/models/lstm_step").json()["versions"]] != [2]:
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
-            assert server.post("/v1/models/lstm_step/versions/1/predict", ONE).status_code == 404
-    finally:
-        server.stop()
+    app = make_app(repo, poll_interval=0.2)
+    with steady_traffic(app) as statuses:
+        version, _ = export_run(trained_runs["lstm_step"], repo, "lstm_step")
+        assert version == 2
+        deadline = time.monotonic() + 30
+        while app.post("/v1/models/lstm_step/predict", ONE).json()["model_version"] != "2":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        shutil.rmtree(repo / "lstm_step" / "1")
+        while [v["version"] for v in app.get("/v1/models/lstm_step").json()["versions"]] != [2]:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert app.post("/v1/models/lstm_step/versions/1/predict", ONE).status_code == 404
     assert len(statuses) > 5
     assert set(statuses) == {200}
 
 
-def test_empty_or_missing_repository_is_not_ready(tmp_path):
+def test_empty_or_missing_repository_is_not_ready(make_app, tmp_path):
     (tmp_path / "empty").mkdir()
     for repo, problem in ((tmp_path / "empty", "holds no model versions"), (tmp_path / "absent", "does not exist")):
-        server = start_server(repo, tmp_path / f"{repo.name}.log", wait_ready=False)
-        try:
-            report = settled(server)
-            assert server.get("/ready").status_code == 503
-            assert problem in report["problems"][0]
-        finally:
-            server.stop()
+        app = make_app(repo)
+        report = settled(app)
+        assert app.get("/ready").status_code == 503
+        assert problem in report["problems"][0]
 
 
 def test_broken_onnxruntime_install_is_detected():
@@ -218,27 +218,21 @@ def test_sighup_reload_serves_new_versions_without_failed_requests(model_reposit
     assert set(statuses) == {200}
 
 
-def test_a_broken_new_version_is_reported_but_keeps_the_service_ready(model_repository, tmp_path):
+def test_a_broken_new_version_is_reported_but_keeps_the_service_ready(make_app, model_repository, tmp_path):
     repo = copy_repository(model_repository, tmp_path / "repo")
     shutil.copytree(repo / "lstm_step" / "1", repo / "lstm_step" / "2")  # manifest says version 1: refused
-    lenient = start_server(repo, tmp_path / "lenient", workers=1)
-    try:
-        report = settled(lenient)
-        assert lenient.get("/ready").status_code == 200
-        states = {v["version"]: v for v in report["models"]["lstm_step"]}
-        assert states[1]["state"] == "ready"
-        assert states[2]["state"] == "failed"
-        assert "manifest says lstm_step/1" in states[2]["reason"]
-        assert lenient.post("/v1/models/lstm_step/predict", ONE).json()["model_version"] == "1"
-    finally:
-        assert lenient.stop() == 0
-    strict = start_server(repo, tmp_path / "strict", wait_ready=False, workers=1, strict_readiness="true")
-    try:
-        report = settled(strict)
-        assert strict.get("/ready").status_code == 503
-        assert "model 'lstm_step': not every version is ready (strict readiness)" in report["problems"]
-    finally:
-        assert strict.stop() == 0
+    lenient = make_app(repo)
+    report = settled(lenient)
+    assert lenient.get("/ready").status_code == 200
+    states = {v["version"]: v for v in report["models"]["lstm_step"]}
+    assert states[1]["state"] == "ready"
+    assert states[2]["state"] == "failed"
+    assert "manifest says lstm_step/1" in states[2]["reason"]
+    assert lenient.post("/v1/models/lstm_step/predict", ONE).json()["model_version"] == "1"
+    strict = make_app(repo, strict_readiness="true")
+    report = settled(strict)
+    assert strict.get("/ready").status_code == 503
+    assert "model 'lstm_step': not every version is ready (strict readiness)" in report["problems"]
 
 
 def test_ready_means_every_worker_is_ready(model_repository, tmp_path):

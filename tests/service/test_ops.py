@@ -1,14 +1,16 @@
-"""Health, readiness, metrics, the OpenAPI document and its docs page."""
+"""Health and readiness through gunicorn (the workers' board), metrics through gunicorn (multiprocess files) and in
+process (the app's own registry); the OpenAPI document and its docs page against the app in process."""
 
 from __future__ import annotations
 
 import time
 
+import pytest
 from openapi_spec_validator import validate
 from prometheus_client.parser import text_string_to_metric_families
 
 
-def test_health_and_ready(server):
+def test_health_and_ready(server, expected_provider):
     assert server.get("/health").json() == {"status": "alive"}
     ready = server.get("/ready")
     assert ready.status_code == 200
@@ -19,7 +21,7 @@ def test_health_and_ready(server):
         "version": 1,
         "state": "ready",
         "reason": None,
-        "provider": "CPUExecutionProvider",
+        "provider": expected_provider,
     }
     assert server.get("/v2/health/live").status_code == 200
     assert server.get("/v2/health/ready").json() == {"ready": True}
@@ -34,7 +36,9 @@ def samples(server) -> dict[tuple[str, frozenset], float]:
     }
 
 
-def test_metrics_count_requests_sequences_and_batches(server):
+@pytest.mark.parametrize("target", ["server", "app_client"])  # multiprocess files, or the app's own registry
+def test_metrics_count_requests_sequences_and_batches(request, target, expected_provider):
+    server = request.getfixturevalue(target)
     before = samples(server)
     sequences = [[[0.5] * 6] * 4, [[0.1] * 6] * 9]
     for _ in range(3):
@@ -65,12 +69,12 @@ def test_metrics_count_requests_sequences_and_batches(server):
     assert got == expected
     assert delta(after, "seqserve_compute_duration_seconds_count", (("model", "lstm_step"),)) >= 1
     ready = {k: v for k, v in after.items() if k[0] == "seqserve_model_ready"}
-    labels = {"model": "lstm_step", "version": "1", "provider": "CPUExecutionProvider"}
+    labels = {"model": "lstm_step", "version": "1", "provider": expected_provider}
     assert ready[("seqserve_model_ready", frozenset(labels.items()))] == 1
 
 
-def test_openapi_document_is_valid(server):
-    spec = server.get("/openapi.json").json()
+def test_openapi_document_is_valid(app_client):
+    spec = app_client.get("/openapi.json").json()
     validate(spec)
     assert "/v1/models/{name}/predict" in spec["paths"]
     assert "/v2/models/{name}/infer" in spec["paths"]
@@ -78,12 +82,12 @@ def test_openapi_document_is_valid(server):
     assert predict["required"] == ["sequences"]
 
 
-def test_docs_page_serves_its_own_assets(server):
-    page = server.get("/docs")
+def test_docs_page_serves_its_own_assets(app_client):
+    page = app_client.get("/docs")
     assert page.status_code == 200
     assert "/openapi.json" in page.text
     for asset in ("/docs/static/swagger-ui-bundle.js", "/docs/static/swagger-ui.css"):
-        response = server.get(asset)
+        response = app_client.get(asset)
         assert response.status_code == 200, asset
         assert len(response.content) > 10_000
     assert "cdn" not in page.text.lower()

@@ -1,4 +1,6 @@
-"""v1 predictions through the real server equal onnxruntime run directly and the PyTorch model."""
+"""v1 predictions equal onnxruntime run directly and the PyTorch model. Through gunicorn: one check per body kind
+(JSON, raw, .npy, gzip) and the request id in the server's log; the rest (routing, codecs, output options) against
+the app in process (`app_client`)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import io
 import re
 
 import numpy as np
+import orjson
 import pytest
 import torch
 
@@ -36,8 +39,8 @@ def torch_alone(model, sequence: np.ndarray) -> np.ndarray:
     return torch.softmax(logits, -1)[0].numpy()
 
 
-def predict(server, name: str, sequences: list[np.ndarray], **extra) -> dict:
-    response = server.post(f"/v1/models/{name}/predict", {"sequences": [s.tolist() for s in sequences], **extra})
+def predict(client, name: str, sequences: list[np.ndarray], **extra) -> dict:
+    response = client.post(f"/v1/models/{name}/predict", {"sequences": [s.tolist() for s in sequences], **extra})
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -66,22 +69,22 @@ def test_predictions_equal_onnxruntime_and_pytorch(server, ort_sessions, torch_m
 
 
 @pytest.mark.parametrize("name", ["lstm_step", "gru_last"])
-def test_mixed_length_batch_equals_one_by_one(server, name):
+def test_mixed_length_batch_equals_one_by_one(app_client, name):
     sequences = random_batch([30, 2, 11, 1], seed=3)
-    together = predict(server, name, sequences)["predictions"]
+    together = predict(app_client, name, sequences)["predictions"]
     for seq, batched in zip(sequences, together, strict=True):
-        alone = predict(server, name, [seq])["predictions"][0]
+        alone = predict(app_client, name, [seq])["predictions"][0]
         np.testing.assert_allclose(batched["probabilities"], alone["probabilities"], rtol=0, atol=1e-6)
         assert batched.get("labels", batched.get("label")) == alone.get("labels", alone.get("label"))
 
 
-def test_timesteps_keyed_by_feature_name(server):
+def test_timesteps_keyed_by_feature_name(app_client):
     sequence = random_batch([4], seed=5)[0]
     as_objects = [[dict(zip(FEATURE_NAMES, step.tolist(), strict=True)) for step in sequence]]
-    response = server.post("/v1/models/lstm_step/predict", {"sequences": as_objects})
+    response = app_client.post("/v1/models/lstm_step/predict", {"sequences": as_objects})
     assert response.status_code == 200, response.text
     by_name = response.json()
-    by_position = predict(server, "lstm_step", [sequence])
+    by_position = predict(app_client, "lstm_step", [sequence])
     assert by_name["predictions"] == by_position["predictions"]
 
 
@@ -89,21 +92,21 @@ def test_timesteps_keyed_by_feature_name(server):
     ("outputs", "keys"),
     [(["labels"], {"labels"}), (["probabilities"], {"probabilities"}), (["logits", "labels"], {"logits", "labels"})],
 )
-def test_output_options(server, outputs, keys):
-    body = predict(server, "lstm_step", random_batch([3]), outputs=outputs)
+def test_output_options(app_client, outputs, keys):
+    body = predict(app_client, "lstm_step", random_batch([3]), outputs=outputs)
     assert set(body["predictions"][0]) == keys
 
 
-def test_logits_softmax_to_probabilities(server):
-    pred = predict(server, "lstm_step", random_batch([6]), outputs=["logits", "probabilities"])["predictions"][0]
+def test_logits_softmax_to_probabilities(app_client):
+    pred = predict(app_client, "lstm_step", random_batch([6]), outputs=["logits", "probabilities"])["predictions"][0]
     logits = torch.tensor(pred["logits"])
     np.testing.assert_allclose(torch.softmax(logits, -1).numpy(), pred["probabilities"], atol=1e-6)
 
 
-def test_explicit_version_path(server):
+def test_explicit_version_path(app_client):
     sequence = random_batch([5])
-    latest = predict(server, "lstm_step", sequence)
-    response = server.post("/v1/models/lstm_step/versions/1/predict", {"sequences": [sequence[0].tolist()]})
+    latest = predict(app_client, "lstm_step", sequence)
+    response = app_client.post("/v1/models/lstm_step/versions/1/predict", {"sequences": [sequence[0].tolist()]})
     assert response.status_code == 200
     assert response.json()["predictions"] == latest["predictions"]
 
@@ -157,12 +160,12 @@ def test_binary_bodies_answer_as_json_does(server, name):
     assert npy.json()["predictions"] == as_json["predictions"]
 
 
-def test_gzip_body(server):
+@pytest.mark.parametrize("target", ["server", "app_client"])
+def test_gzip_body(request, target):
+    client = request.getfixturevalue(target)
     sequences = random_batch([8])
-    plain = predict(server, "lstm_step", sequences)
-    import orjson
-
-    zipped = server.post(
+    plain = predict(client, "lstm_step", sequences)
+    zipped = client.post(
         "/v1/models/lstm_step/predict",
         data=gzip.compress(orjson.dumps({"sequences": [s.tolist() for s in sequences]})),
         headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
@@ -171,18 +174,18 @@ def test_gzip_body(server):
     assert zipped.json()["predictions"] == plain["predictions"]
 
 
-def test_model_listing(server):
-    listing = server.get("/v1/models").json()["models"]
+def test_model_listing(app_client, expected_provider):
+    listing = app_client.get("/v1/models").json()["models"]
     assert [m["name"] for m in listing] == ["gru_last", "lstm_step"]
-    one = server.get("/v1/models/lstm_step").json()
+    one = app_client.get("/v1/models/lstm_step").json()
     version = one["versions"][0]
     assert version["state"] == "ready"
-    assert version["provider"] == "CPUExecutionProvider"
+    assert version["provider"] == expected_provider
     assert version["classes"] == CLASSES
     assert version["feature_names"] == list(FEATURE_NAMES)
     assert version["input_dim"] == len(FEATURE_NAMES)
     assert version["head"] == "per_timestep"
-    assert server.get("/v1/models/gru_last").json()["versions"][0]["head"] == "last"
+    assert app_client.get("/v1/models/gru_last").json()["versions"][0]["head"] == "last"
 
 
 def test_quick_load_equals_the_schema_or_declines():

@@ -1,4 +1,5 @@
-"""The KServe V2 protocol as the stock tritonclient.http client speaks it: JSON and binary, both directions."""
+"""The KServe V2 protocol as the stock tritonclient.http client speaks it to gunicorn: JSON and binary, both
+directions. What the client cannot send (nested JSON data) is checked against the app in process."""
 
 from __future__ import annotations
 
@@ -112,9 +113,9 @@ def test_v2_error_envelope_through_tritonclient(client):
     assert missing.value.status() == "404"
 
 
-def test_nested_json_data_is_accepted(server):
+def test_nested_json_data_is_accepted(app_client):
     features, _lengths = batch(3)
-    flat = server.post(
+    flat = app_client.post(
         "/v2/models/lstm_step/infer",
         {
             "inputs": [
@@ -127,7 +128,7 @@ def test_nested_json_data_is_accepted(server):
             ]
         },
     )
-    nested = server.post(
+    nested = app_client.post(
         "/v2/models/lstm_step/infer",
         {
             "inputs": [
