@@ -177,7 +177,13 @@ class DataPlane:
         manifest = layout.read_version(entry)
         manifests.verify(entry.path, manifest)
         policy = self._policy(entry)
-        runtime = ModelRuntime(entry.path, manifest, self.settings.provider, self.settings.ort_threads)
+        runtime = ModelRuntime(
+            entry.path,
+            manifest,
+            self.settings.provider,
+            self.settings.ort_threads,
+            inline_below=self.settings.inline_below_ms / 1000,
+        )
         runtime.warmup(self.settings.warmup_timesteps)
         if (error := runtime.state_wiring_error()) > STATE_TOLERANCE:
             raise LoadError(
