@@ -307,6 +307,18 @@ def stream_schema(feature_names: tuple[str, ...], max_timesteps: int) -> Schema:
     )(unknown=RAISE)
 
 
+@lru_cache(maxsize=256)
+def inspect_schema(feature_names: tuple[str, ...], max_timesteps: int) -> Schema:
+    """The v1 inspect body for one model: one sequence, validated as a stream's timesteps (`sequence[t][f]`)."""
+    return Schema.from_dict(
+        {
+            "sequence": TimestepsField(feature_names, max_timesteps),
+            "id": fields.String(validate=validate.Length(max=128)),
+        },
+        name="InspectRequest",
+    )(unknown=RAISE)
+
+
 class PredictRequestDoc(StrictSchema):
     """For the OpenAPI document only: the per-model schema above is built at load time."""
 
