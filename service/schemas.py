@@ -346,6 +346,49 @@ class PredictResponseDoc(Schema):
     predictions = fields.List(fields.Nested(PredictionDoc))
 
 
+class InspectRequestDoc(StrictSchema):
+    """For the OpenAPI document only: `inspect_schema` is built per model."""
+
+    sequence = fields.List(
+        fields.List(fields.Float()),
+        required=True,
+        metadata={"description": "timesteps x features of one sequence; a timestep may be an object keyed by name"},
+    )
+    id = fields.String()
+
+
+class LayerTraceDoc(Schema):
+    layer = fields.Integer()
+    direction = fields.String(metadata={"description": "forward or backward"})
+    gates = fields.Dict(
+        keys=fields.String(),
+        values=fields.List(fields.List(fields.Float())),
+        metadata={"description": "[T][H] each: LSTM input, forget, cell, output; GRU reset, update, new; RNN none"},
+    )
+    hidden = fields.List(fields.List(fields.Float()), metadata={"description": "[T][H]"})
+    cell_state = fields.List(fields.List(fields.Float()), metadata={"description": "[T][H], LSTM only"})
+
+
+class InspectResponseDoc(Schema):
+    model_name = fields.String()
+    model_version = fields.String()
+    id = fields.String()
+    cell = fields.String()
+    head = fields.String()
+    bidirectional = fields.Boolean()
+    timesteps = fields.Integer()
+    classes = fields.List(fields.String())
+    labels = fields.List(fields.String(), metadata={"description": "[T]: the class predicted at each timestep"})
+    probabilities = fields.List(fields.List(fields.Float()), metadata={"description": "[T][C], onnxruntime's"})
+    layers = fields.List(fields.Nested(LayerTraceDoc), metadata={"description": "per layer and direction"})
+    memory = fields.List(
+        fields.List(fields.Float()),
+        metadata={"description": "[T][T]: change of p(class predicted at t) when input t' is occluded"},
+    )
+    horizon = fields.List(fields.Integer(), metadata={"description": "[T]: steps back holding 90 % of |memory|"})
+    check = fields.Dict(metadata={"description": "max_abs_difference between numpy and onnxruntime, tolerance"})
+
+
 class BinaryRequestSchema(StrictSchema):
     """A raw float32 body: `Seqserve-Shape: B,T,F` and optional `Seqserve-Lengths: l1,...,lB` headers, and the
     `outputs` query parameter."""

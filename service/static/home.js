@@ -206,8 +206,8 @@ function drawGates(a, index) {
       type: "heatmap", z: transpose(strip.values), colorscale: strip.colors, zmin: strip.min, zmax: strip.max,
       hovertemplate: `t=%{x}, unit %{y}<br>${strip.name}: %{z:.3f}<extra></extra>`, colorbar: { thickness: 10, len: 0.9 },
     }], {
-      ...BASE, height: 220, margin: { l: 45, r: 10, t: 30, b: 32 }, title: title(`layer ${entry.layer} ${entry.direction}: ${strip.label}`),
-      xaxis: { title: { text: "timestep", standoff: 4 } }, yaxis: { title: { text: "unit" } },
+      ...BASE, height: 230, margin: { l: 45, r: 60, t: 30, b: 40 }, title: title(`layer ${entry.layer} ${entry.direction}: ${strip.label}`),
+      xaxis: { title: { text: "timestep", standoff: 8 } }, yaxis: { title: { text: "unit" } },
     }, CONFIG);
   }
 }
