@@ -457,6 +457,7 @@ def open_session(onnx_path: Path, threads: int = 1) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: the optional state inputs (h0/c0) draw a warning at every load
     return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 
 

@@ -8,7 +8,9 @@ const DATA = JSON.parse(document.getElementById("playground-data").textContent);
 const $ = (id) => document.getElementById(id);
 const NUMBER = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
 const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
-const DIVERGING = [[0, "#2166ac"], [0.25, "#92c5de"], [0.5, "#f7f7f7"], [0.75, "#f4a582"], [1, "#b2182b"]];
+// ColorBrewer's RdBu, blue for negative: the colours of the command's picture (matplotlib's RdBu_r).
+const DIVERGING = ["#053061", "#2166ac", "#4393c3", "#92c5de", "#d1e5f0", "#f7f7f7", "#fddbc7", "#f4a582", "#d6604d", "#b2182b", "#67001f"]
+  .map((c, i) => [i / 10, c]);
 const GATES = {
   input: "input gate i (1: write the candidate)",
   forget: "forget gate f (1: keep the cell state)",
@@ -198,13 +200,14 @@ function drawGates(a, index) {
   [...grid.children].forEach((div) => Plotly.purge(div));
   grid.replaceChildren();
   for (const strip of strips) {
+    const ticks = [strip.min, (strip.min + strip.max) / 2, strip.max];
     const div = document.createElement("div");
     div.className = "plot gate";
     div.dataset.name = strip.name;
     grid.append(div);
     Plotly.newPlot(div, [{
       type: "heatmap", z: transpose(strip.values), colorscale: strip.colors, zmin: strip.min, zmax: strip.max,
-      hovertemplate: `t=%{x}, unit %{y}<br>${strip.name}: %{z:.3f}<extra></extra>`, colorbar: { thickness: 10, len: 0.9 },
+      hovertemplate: `t=%{x}, unit %{y}<br>${strip.name}: %{z:.3f}<extra></extra>`, colorbar: { thickness: 10, len: 0.9, tickvals: ticks, ticktext: ticks.map((v) => String(Number(v.toPrecision(2)))) },
     }], {
       ...BASE, height: 230, margin: { l: 45, r: 60, t: 30, b: 40 }, title: title(`layer ${entry.layer} ${entry.direction}: ${strip.label}`),
       xaxis: { title: { text: "timestep", standoff: 8 } }, yaxis: { title: { text: "unit" } },
