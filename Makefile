@@ -11,7 +11,7 @@ export SEQSERVE_MODEL_REPOSITORY SEQSERVE_BIND
 DEMO_NAME ?= basicmotions
 DEMO_RUN ?= runs/demo
 
-.PHONY: serve test test-redis lint demo-model bench image-test deploy-check install-serve install-train install-dev clean
+.PHONY: serve test test-redis test-browser lint demo-model bench image-test deploy-check install-serve install-train install-dev clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -50,7 +50,12 @@ test-redis:
 	@command -v redis-server >/dev/null || apt-get install -y redis-server \
 		|| (apt-get update && apt-get install -y redis-server)
 
-test: install-dev test-redis
+# The home page's tests drive Debian's chromium through Playwright (never a browser Playwright downloads).
+test-browser:
+	@command -v chromium >/dev/null || apt-get install -y chromium \
+		|| (apt-get update && apt-get install -y chromium)
+
+test: install-dev test-redis test-browser
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from export.repository import versions
+from modelrepo import layout
+from modelrepo.manifest import ManifestError
 from service.inspection import (
     DIRECTIONS,
     GATES,
@@ -147,7 +148,8 @@ def _json_step(path: Path, t: int, step: Any, names: tuple[str, ...]) -> list[fl
 
 
 def version_dir(model_dir: Path, version: int | None) -> Path:
-    found = versions(model_dir)
+    """The published version folder asked for (the newest by default), as the service's repository scan sees it."""
+    found = [v.version for v in layout.scan(model_dir.parent) if v.name == model_dir.name]
     if not found:
         raise InputError(f"{model_dir}: no published versions (expected REPO/NAME/VERSION/manifest.json)")
     chosen = found[-1] if version is None else version
@@ -391,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     except (InspectionMismatch, UnsupportedGraph) as exc:
         log.error("%s", exc)
         return 1
-    except (InputError, InspectionError, ValueError) as exc:
+    except (InputError, InspectionError, ManifestError, ValueError) as exc:
         log.error("%s", exc)
         return 2
     try:

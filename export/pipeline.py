@@ -21,8 +21,18 @@ from models import checkpoint
 from models.model import parameter_count_formula
 
 log = logging.getLogger(__name__)
-# The training metrics a manifest carries (shown by the service's model listing).
-MANIFEST_METRICS = ("accuracy", "streaming_accuracy", "streaming_unavailable", "macro_f1", "support", "split", "unit")
+# The training metrics a manifest carries (shown by the service's model listing and its home page).
+MANIFEST_METRICS = (
+    "accuracy",
+    "streaming_accuracy",
+    "streaming_unavailable",
+    "macro_f1",
+    "support",
+    "split",
+    "unit",
+    "per_class",
+    "confusion_matrix",
+)
 
 
 def build_manifest(ckpt: checkpoint.Checkpoint, name: str, opset: int, run_dir: Path) -> Manifest:

@@ -32,7 +32,6 @@ onnxruntime's, as predict gives them; gates and states are numpy's, vouched for 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +42,8 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from modelrepo.manifest import ModelConfig
+from modelrepo import manifest as manifests
+from modelrepo.manifest import Manifest, ModelConfig
 
 TOLERANCE = 1e-5
 MEMORY_SHARE = 0.9
@@ -457,6 +457,7 @@ def open_session(onnx_path: Path, threads: int = 1) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: the optional state inputs (h0/c0) draw a warning at every load
     return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 
 
@@ -498,17 +499,28 @@ class Inspector:
         threads: int = 1,
     ) -> Inspector:
         """An inspector for `REPO/NAME/VERSION` from its manifest.json (its own session when none is given)."""
-        info = _read_manifest(Path(version_dir))
-        onnx_path = Path(version_dir) / info["onnx_file"]
+        manifest = manifests.read(Path(version_dir))
+        onnx_path = Path(version_dir) / manifest.onnx_file
+        return cls.from_manifest(manifest, onnx_path, session or open_session(onnx_path, threads), max_timesteps)
+
+    @classmethod
+    def from_manifest(
+        cls,
+        manifest: Manifest,
+        onnx_path: Path,
+        session: ort.InferenceSession | None = None,
+        max_timesteps: int | None = None,
+    ) -> Inspector:
+        """An inspector for a version whose manifest is already read (the service's loaded versions)."""
         return cls(
             onnx_path,
-            info["config"],
-            info["mean"],
-            info["std"],
-            info["class_names"],
-            session or open_session(onnx_path, threads),
+            manifest.model,
+            manifest.normalization.mean,
+            manifest.normalization.std,
+            manifest.class_names,
+            session,
             max_timesteps,
-            info["feature_names"],
+            manifest.feature_names,
         )
 
     def _check_metadata(self) -> None:
@@ -626,21 +638,3 @@ class Inspector:
                 gates = {name: trace.gates[name][0] for name in GATES[self.config.cell]}
                 out.append(LayerTrace(layer, DIRECTIONS[d], gates, trace.hidden[0], cells))
         return tuple(out)
-
-
-def _read_manifest(version_dir: Path) -> dict[str, Any]:
-    """What the inspector needs from `manifest.json` (to be replaced by modelrepo's typed manifest)."""
-    path = version_dir / "manifest.json"
-    try:
-        raw = json.loads(path.read_text())
-        fields = ModelConfig.__dataclass_fields__
-        return {
-            "config": ModelConfig(**{k: v for k, v in raw["model"].items() if k in fields}),
-            "mean": raw["normalization"]["mean"],
-            "std": raw["normalization"]["std"],
-            "class_names": raw["class_names"],
-            "feature_names": raw["feature_names"],
-            "onnx_file": raw["onnx"]["file"],
-        }
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: unreadable manifest ({type(exc).__name__}: {exc})") from exc

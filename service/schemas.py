@@ -307,6 +307,18 @@ def stream_schema(feature_names: tuple[str, ...], max_timesteps: int) -> Schema:
     )(unknown=RAISE)
 
 
+@lru_cache(maxsize=256)
+def inspect_schema(feature_names: tuple[str, ...], max_timesteps: int) -> Schema:
+    """The v1 inspect body for one model: one sequence, validated as a stream's timesteps (`sequence[t][f]`)."""
+    return Schema.from_dict(
+        {
+            "sequence": TimestepsField(feature_names, max_timesteps),
+            "id": fields.String(validate=validate.Length(max=128)),
+        },
+        name="InspectRequest",
+    )(unknown=RAISE)
+
+
 class PredictRequestDoc(StrictSchema):
     """For the OpenAPI document only: the per-model schema above is built at load time."""
 
@@ -332,6 +344,49 @@ class PredictResponseDoc(Schema):
     id = fields.String()
     classes = fields.List(fields.String())
     predictions = fields.List(fields.Nested(PredictionDoc))
+
+
+class InspectRequestDoc(StrictSchema):
+    """For the OpenAPI document only: `inspect_schema` is built per model."""
+
+    sequence = fields.List(
+        fields.List(fields.Float()),
+        required=True,
+        metadata={"description": "timesteps x features of one sequence; a timestep may be an object keyed by name"},
+    )
+    id = fields.String()
+
+
+class LayerTraceDoc(Schema):
+    layer = fields.Integer()
+    direction = fields.String(metadata={"description": "forward or backward"})
+    gates = fields.Dict(
+        keys=fields.String(),
+        values=fields.List(fields.List(fields.Float())),
+        metadata={"description": "[T][H] each: LSTM input, forget, cell, output; GRU reset, update, new; RNN none"},
+    )
+    hidden = fields.List(fields.List(fields.Float()), metadata={"description": "[T][H]"})
+    cell_state = fields.List(fields.List(fields.Float()), metadata={"description": "[T][H], LSTM only"})
+
+
+class InspectResponseDoc(Schema):
+    model_name = fields.String()
+    model_version = fields.String()
+    id = fields.String()
+    cell = fields.String()
+    head = fields.String()
+    bidirectional = fields.Boolean()
+    timesteps = fields.Integer()
+    classes = fields.List(fields.String())
+    labels = fields.List(fields.String(), metadata={"description": "[T]: the class predicted at each timestep"})
+    probabilities = fields.List(fields.List(fields.Float()), metadata={"description": "[T][C], onnxruntime's"})
+    layers = fields.List(fields.Nested(LayerTraceDoc), metadata={"description": "per layer and direction"})
+    memory = fields.List(
+        fields.List(fields.Float()),
+        metadata={"description": "[T][T]: change of p(class predicted at t) when input t' is occluded"},
+    )
+    horizon = fields.List(fields.Integer(), metadata={"description": "[T]: steps back holding 90 % of |memory|"})
+    check = fields.Dict(metadata={"description": "max_abs_difference between numpy and onnxruntime, tolerance"})
 
 
 class BinaryRequestSchema(StrictSchema):

@@ -50,6 +50,7 @@ class Settings:
     max_body_bytes: int = 64 * 1024 * 1024
     max_sequences: int = 1024
     max_timesteps: int = 10_000  # per sequence
+    inspect_max_timesteps: int = 0  # one inspected sequence; 0: 512 for per-timestep heads, 64 for `last` heads
     # adaptive batching, per model and worker
     batching: bool = True
     batch_max_sequences: int = 64
@@ -80,6 +81,10 @@ class Settings:
         for name in ("max_body_bytes", "max_sequences", "max_timesteps", "batch_max_sequences", "batch_max_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SEQSERVE_{name.upper()} must be >= 1, got {getattr(self, name)}")
+        if self.inspect_max_timesteps < 0:
+            raise ValueError(
+                f"SEQSERVE_INSPECT_MAX_TIMESTEPS must be >= 0 (0: by head), got {self.inspect_max_timesteps}"
+            )
         for name in ("state_ttl", "sequence_idle_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"SEQSERVE_{name.upper()} must be > 0, got {getattr(self, name)}")
