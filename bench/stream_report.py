@@ -14,7 +14,7 @@ import statistics
 
 from bench.loadgen import LoadResult
 from bench.report import Summary, Target, _num
-from bench.streams import CHUNKS, STREAMS, WAYS, AgeResult, StreamCell, StreamResults
+from bench.streams import AGE_CHUNK, CHUNKS, STREAMS, WAYS, AgeResult, StreamCell, StreamResults
 
 CPU_GOAL = 1.2  # (a): stream request CPU / stateless 1x1 CPU
 AGE_GOAL = 1.2  # (b): late / early CPU per request
@@ -177,12 +177,13 @@ def method(results: StreamResults, minutes: float) -> list[str]:
         "of them new per request; the 1x1 rows (v1 JSON predict and V2 binary infer with one timestep) are the "
         "baselines of the CPU target. timesteps/s counts new timesteps answered per second (req/s x new "
         "timesteps per request).",
-        f"- **Stream age:** {STREAMS} streams of 10-timestep requests on the small model run until every stream "
-        f"has seen {results.age_steps:,} timesteps (or a time cap), the server's CPU read every 0.25 s. The early "
-        f"window runs from when the median stream answered its 2nd request to its {results.age_window + 1}st, the "
-        f"late window over the median stream's last {results.age_window} requests up to {results.age_steps:,}; "
-        "streams that get "
-        "there first keep going, so the late window has every stream running. CPU per request: the server's CPU "
-        "in the window (interpolated between readings) over the requests answered in it.",
+        f"- **Stream age:** {STREAMS} streams of {AGE_CHUNK}-timestep requests on the small model run until every "
+        f"stream has seen {results.age_steps:,} timesteps (or a time cap), the server's CPU read every 0.25 s. The "
+        "early window runs from when half of the streams had answered their 2nd request (the 1st, uncounted, starts "
+        f"them) to when half had answered their {results.age_window + 1}st; the late window over the last "
+        f"{results.age_window} requests up to {results.age_steps:,} timesteps, likewise; streams that get there "
+        "first keep going, so the late window has every stream running. CPU per request: the server's CPU in the "
+        "window (interpolated between readings) over the requests answered in it; the verdict is on CPU, p50 is "
+        "shown beside it.",
         "- **Batching target (streams):** the same v1 token load on the batching-off seqserve.",
     ]

@@ -236,7 +236,9 @@ class Streaming:
     def check(self, cell: StreamCell) -> None:
         """One stream of the cell's kind, CHECK_REQUESTS requests: each answer within TOLERANCE of onnxruntime
         run in-process on every timestep the model has read (BadAnswer otherwise)."""
-        session = self.sessions.setdefault(cell.model, SequenceSession(self.run.models[cell.model].onnx))
+        if cell.model not in self.sessions:
+            self.sessions[cell.model] = SequenceSession(self.run.models[cell.model].onnx)
+        session = self.sessions[cell.model]
         data, samples = asyncio.run(sample(self.job(cell), CHECK_REQUESTS))
         for i, got in enumerate(samples):
             expected = session.probabilities(data.timesteps(*got.seen)[None])[0, -cell.chunk :]
@@ -300,8 +302,10 @@ class Streaming:
     # -------------------------------------------------------------------------------------------- ages
 
     def age(self, way: str, model: str) -> AgeResult | None:
-        """32 streams of AGE_CHUNK-timestep requests until each has seen `age_steps` timesteps: the requests of
-        the median stream's first AGE_WINDOW (after its uncounted start) against its last AGE_WINDOW."""
+        """32 streams of AGE_CHUNK-timestep requests until each has seen `age_steps` timesteps. Early window:
+        from when half of the streams had answered their 2nd request (the 1st, uncounted, starts them) to when
+        half had answered their (age_window + 1)th; late window: the last `age_window` requests up to the age
+        half of them reached."""
         o, target = self.run.options, self.results.age_steps
         cell = StreamCell(model, way, AGE_CHUNK, AGE_CHUNK)
         out = self.pool.run(self.job(cell, target), STREAMS, AGE_CAP_S[o.quick], self.cpu(WAYS[way]), AGE_SAMPLE_S)
