@@ -16,11 +16,13 @@ import contextlib
 import dataclasses
 import logging
 import multiprocessing
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection as Pipe
 from multiprocessing.connection import wait
+from pathlib import Path
 
 import numpy as np
 
@@ -88,23 +90,62 @@ class StreamRun:
         result = summarize(list(self.latency[inside]), errors, t1 - t0)
         return dataclasses.replace(result, cpu_s=self.cpu_between(t0, t1))
 
-    def crossing(self, step: int) -> float:
-        """When half of the streams had answered a request at or beyond `step` (NaN: half never got there)."""
-        streams = np.unique(self.stream)
-        times = sorted(
-            self.done_at[mask].min() for s in streams if (mask := (self.stream == s) & (self.step >= step)).any()
+    def reach_times(self, step: int) -> np.ndarray:
+        """Per stream, when it answered its first request at or beyond `step` (inf: it never got there)."""
+        return np.asarray(
+            [
+                self.done_at[mask].min() if (mask := (self.stream == s) & (self.step >= step)).any() else np.inf
+                for s in np.unique(self.stream)
+            ]
         )
-        half = (len(streams) + 1) // 2
-        return float(times[half - 1]) if streams.size and len(times) >= half else float("nan")
 
     def median_step(self, t0: float, t1: float) -> float:
         inside = (self.done_at >= t0) & (self.done_at <= t1)
         return float(np.median(self.step[inside])) if inside.any() else float("nan")
 
-    def reached(self) -> int:
-        """The age that half of the streams reached."""
-        last = sorted((self.step[self.stream == s].max() for s in np.unique(self.stream)), reverse=True)
-        return int(last[(len(last) + 1) // 2 - 1]) if last else 0
+    def slowest(self) -> int:
+        """The age every stream reached."""
+        return int(min(self.step[self.stream == s].max() for s in np.unique(self.stream))) if self.step.size else 0
+
+
+class ProcessGroupCpu:
+    """User + system CPU seconds of every process in some process groups (a server and its workers; redis-server),
+    cheap enough to read every few milliseconds: the group members are found in /proc once, then only their own
+    stat files are read, and /proc is scanned again only when one of them has gone."""
+
+    def __init__(self, pgids: list[int]) -> None:
+        self.pgids = set(pgids)
+        self.pids: list[int] = []
+        self.tick = os.sysconf("SC_CLK_TCK")
+
+    def __call__(self) -> float | None:
+        for _ in range(2):
+            ticks = [_ticks(pid) for pid in self.pids]
+            if self.pids and None not in ticks:
+                return sum(t for t in ticks if t is not None) / self.tick
+            self.pids = [pid for pid in _all_pids() if _pgid(pid) in self.pgids]
+        return None
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:  # the fields after the command: state ppid pgrp ... utime(11) stime(12)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):  # gone meanwhile
+        return None
+
+
+def _ticks(pid: int) -> int | None:
+    fields = _stat(pid)
+    return int(fields[11]) + int(fields[12]) if fields else None
+
+
+def _pgid(pid: int) -> int | None:
+    fields = _stat(pid)
+    return int(fields[2]) if fields else None
+
+
+def _all_pids() -> list[int]:
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
 
 
 class StreamPool:

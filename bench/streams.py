@@ -37,7 +37,7 @@ from bench.apps.onnx_model import SequenceSession
 from bench.loadgen import LoadResult
 from bench.servers import Server, ServerFailed
 from bench.stream_client import BadAnswer, Job, sample
-from bench.stream_load import Cpu, StreamPool, StreamRun
+from bench.stream_load import Cpu, ProcessGroupCpu, StreamPool, StreamRun
 
 if TYPE_CHECKING:
     from bench.run import Run
@@ -54,7 +54,7 @@ AGE_CHUNK = 10
 AGE_WINDOW = {False: 50, True: 20}  # requests per stream in each of the early and late windows, by --quick
 AGE_STEPS = {False: 10_000, True: 1_000}
 AGE_CAP_S = {False: 150.0, True: 40.0}
-AGE_SAMPLE_S = 0.25
+AGE_SAMPLE_S = 0.05  # the early window can be short: its fastest stream ends it
 REDIS = "redis"
 
 
@@ -120,7 +120,7 @@ class AgeResult:
     model: str
     chunk: int
     target: int  # the age every stream was to reach
-    reached: int  # the age the median stream reached
+    reached: int  # the age every stream reached
     early: LoadResult
     late: LoadResult
     early_step: float  # median age of the requests in each window
@@ -224,12 +224,7 @@ class Streaming:
     def cpu(self, way: Way) -> Cpu:
         """The server's CPU seconds; for the Redis rows with redis-server's, which does part of the work."""
         servers = [self.run.servers[way.server], *([self.store] if way.key == "v2-redis" and self.store else [])]
-
-        def read() -> float | None:
-            values = [s.cpu_seconds() for s in servers]
-            return None if None in values else sum(v for v in values if v is not None)
-
-        return read
+        return ProcessGroupCpu([s.process.pid for s in servers if s.process is not None])
 
     # ------------------------------------------------------------------------------------------ checks
 
@@ -302,19 +297,20 @@ class Streaming:
     # -------------------------------------------------------------------------------------------- ages
 
     def age(self, way: str, model: str) -> AgeResult | None:
-        """32 streams of AGE_CHUNK-timestep requests until each has seen `age_steps` timesteps. Early window:
-        from when half of the streams had answered their 2nd request (the 1st, uncounted, starts them) to when
-        half had answered their (age_window + 1)th; late window: the last `age_window` requests up to the age
-        half of them reached."""
+        """32 streams of AGE_CHUNK-timestep requests until every one has seen `age_steps` timesteps (streams run at
+        different speeds: the kernel hands their connections to the server's workers unevenly). Early window: from
+        the start until the fastest stream has answered `age_window` requests, so every request in it comes from
+        a stream younger than that; late window: the slowest stream's last `age_window` requests, so every request
+        in it comes from a stream at least that old."""
         o, target = self.run.options, self.results.age_steps
         cell = StreamCell(model, way, AGE_CHUNK, AGE_CHUNK)
         out = self.pool.run(self.job(cell, target), STREAMS, AGE_CAP_S[o.quick], self.cpu(WAYS[way]), AGE_SAMPLE_S)
-        reached, span = min(target, out.reached()), self.results.age_window * AGE_CHUNK
+        reached, span = min(target, out.slowest()), self.results.age_window * AGE_CHUNK
         if reached < 3 * span:
-            self.run.skipped.append(f"age run {cell.describe()}: SKIPPED: reached only {reached} timesteps")
+            self.run.skipped.append(f"age run {cell.describe()}: SKIPPED: the slowest stream reached only {reached}")
             return None
-        early = out.crossing(2 * AGE_CHUNK), out.crossing(AGE_CHUNK + span)
-        late = out.crossing(reached - span), out.crossing(reached)
+        early = out.start_at, float(out.reach_times(AGE_CHUNK + span).min())
+        late = float(out.reach_times(reached - span).max()), float(out.reach_times(reached).max())
         return AgeResult(
             way,
             model,

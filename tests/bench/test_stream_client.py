@@ -5,6 +5,8 @@ wrong step count is an error, and the age windows are read from the streams' own
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import pytest
 from bench.apps.onnx_model import SequenceSession
 from bench.servers import group_cpu_seconds
 from bench.stream_client import Answer, BadAnswer, Job, V1Stream, V2Sequence, sample, v2_binary_body
-from bench.stream_load import StreamPool, StreamRun
+from bench.stream_load import ProcessGroupCpu, StreamPool, StreamRun
 from tests.service.conftest import Server, start_server
 
 MODEL = "lstm_step"
@@ -99,16 +101,36 @@ def test_an_answer_with_the_wrong_step_count_is_an_error():
     assert (stream.step, stream.token) == (8, b'"t"')
 
 
-def test_age_windows_are_when_half_of_the_streams_got_there():
+def test_age_windows_are_cut_by_the_streams_own_ages():
     """Four streams of 10 timesteps per request, two of them twice as fast as the others."""
     fast = [(t, 10 * t) for t in range(1, 7)]  # (done at, step after the request)
     slow = [(2 * t, 10 * t) for t in range(1, 4)]
     rows = [(t, step, s) for s, runs in enumerate([fast, fast, slow, slow]) for t, step in runs]
     done_at, step, stream = (np.asarray(col) for col in zip(*rows, strict=True))
     out = StreamRun(done_at, np.full(len(rows), 0.01), stream, step, 0, [], [(0.0, 0.0), (10.0, 1.0)], 0.0, 10.0)
-    assert [out.crossing(s) for s in (10, 20, 30, 60)] == [1.0, 2.0, 3.0, 6.0]  # the fast half sets the pace
-    assert np.isnan(out.crossing(70))  # nobody got there
-    assert out.reached() == 60  # the age half of the streams reached
+    assert out.reach_times(20).tolist() == [2.0, 2.0, 4.0, 4.0]
+    assert out.reach_times(40).tolist() == [4.0, 4.0, np.inf, np.inf]
+    assert out.slowest() == 30
     window = out.result(2.0, 4.0)
     assert window.requests == 10  # fast: t = 2, 3, 4 twice; slow: t = 2, 4 twice
     assert window.cpu_s == pytest.approx(0.2)  # interpolated between the two readings
+    assert out.median_step(5.0, 6.0) == 50.0  # fast: 50 and 60 twice; slow: 30 twice (at t = 6)
+
+
+def test_the_cpu_of_a_process_group_is_its_members_cpu():
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
+    burn += "print('done', flush=True)\ninput()"  # 0.3 s of CPU, then it waits
+    process = subprocess.Popen(
+        [sys.executable, "-c", burn], stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        cpu = ProcessGroupCpu([process.pid])
+        assert process.stdout is not None
+        assert process.stdout.readline() == b"done\n"
+        used = cpu()
+        assert used is not None
+        assert 0.29 <= used < 5
+        assert cpu.pids == [process.pid]
+    finally:
+        process.communicate(b"\n", timeout=30)
+    assert cpu() is None  # its only member ended, and a new look in /proc finds no other
