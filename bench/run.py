@@ -11,12 +11,13 @@ import random
 import subprocess
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from bench import contenders, fixtures, matrix, payloads, raw, report, validation_cost
+from bench import contenders, fixtures, matrix, payloads, raw, report, streams, validation_cost
 from bench.apps.onnx_model import SequenceSession
 from bench.loadgen import LoadResult, run_load
 from bench.matrix import CONTENDERS, Cell
@@ -39,6 +40,8 @@ class Options:
     only: tuple[str, ...] = ()
     loadgen: str = "wrk"  # or "python"
     ready_timeout: float = 180.0
+    part: str = "all"  # "main": without the streaming rows; "streams": only them (bench/streams.py)
+    stream_minutes: float = 10.0  # the streaming rounds stop issuing measurements after this
 
 
 @dataclass
@@ -50,11 +53,17 @@ class Run:
     skipped: list[str] = field(default_factory=list)
     measured: dict[Cell, list[LoadResult]] = field(default_factory=lambda: defaultdict(list))
     truncated: str = ""
+    ports: PortAllocator = field(default_factory=PortAllocator)
+    stream_results: streams.StreamResults | None = None
 
     # ------------------------------------------------------------------------------------------- servers
 
-    def start_servers(self, needed: set[str], stack: contextlib.ExitStack) -> None:
-        o, logs, ports = self.options, self.options.results / "logs", PortAllocator()
+    def start_servers(
+        self, needed: set[str], stack: contextlib.ExitStack, extra: dict[str, Callable[[], Server]] | None = None
+    ) -> None:
+        """Start the `needed` servers (`extra`: factories of servers only a part of the benchmark uses), then
+        wait until every server started so far is ready."""
+        o, logs, ports = self.options, self.options.results / "logs", self.ports
         factories = {
             "seqserve": lambda: contenders.seqserve("seqserve", True, self.repository, ports.take(), o.budget, logs),
             "seqserve-nobatch": lambda: contenders.seqserve(
@@ -67,6 +76,7 @@ class Run:
             "mlserver-pool": lambda: contenders.mlserver(
                 "mlserver-pool", self.models, ports, o.budget, logs, pool=True
             ),
+            **(extra or {}),
         }
         missing = {
             "seqserve": contenders.seqserve_missing(),
@@ -97,7 +107,7 @@ class Run:
         return self.options.results / "model_repository"
 
     def skip_server(self, server: str, reason: str) -> None:
-        users = ", ".join(c.label for c in CONTENDERS.values() if c.server == server)
+        users = ", ".join(c.label for c in CONTENDERS.values() if c.server == server) or server
         message = f"{users}: SKIPPED: {reason}"
         log.warning("%s", message)
         self.skipped.append(message)
@@ -235,11 +245,13 @@ def execute(options: Options) -> tuple[Run, dict[Cell, report.Summary], float]:
     run = Run(options)
     run.models = fixtures.build_models(options.results)
     run.bodies = payloads.write_bodies(options.results / "bodies")
-    cells = select_cells(options, list(run.models))
+    cells = select_cells(options, list(run.models)) if options.part != "streams" else []
     needed = {CONTENDERS[c.contender].server for c in cells} - {None}
     with contextlib.ExitStack() as stack:
         run.start_servers(needed, stack)
         cells = run.checked(cells)
         run.rounds(cells)
+        if options.part != "main":
+            run.stream_results = streams.execute(run, stack)
     summaries = {cell: report.summarize(cell, results) for cell, results in run.measured.items()}
     return run, summaries, time.monotonic() - started
