@@ -35,7 +35,7 @@ def render(
     ]
     if run.truncated:
         lines.append(f"- **Truncated:** {run.truncated}")
-    lines += ["", "## Targets (issues 4 and 8)", "", *report.targets_table(found), ""]
+    lines += ["", "## Targets (issues 4, 8 and 9)", "", *report.targets_table(found), ""]
     if o.part != "streams":
         lines += ["## Validation cost (64 x 50 JSON, in-process)", "", *_validation(validation), ""]
         lines += ["## Results", "", *report.results_table(summaries), ""]
@@ -52,7 +52,8 @@ def _validation(v: validation_cost.ValidationCost | str) -> list[str]:
     verdict = "PASS" if v.passed else "MISS"
     return [
         f"Model {v.model}: whole request {v.request_ms:.2f} ms (Flask test client into the real app), JSON parse "
-        f"(orjson) {v.parse_ms:.2f} ms, validation (marshmallow schema incl. the vectorised float32 conversion) "
+        f"(orjson) {v.parse_ms:.2f} ms, validation (the v1 codec's marshmallow fields, `quick_load`, incl. the "
+        f"vectorised float32 conversion) "
         f"{v.validate_ms:.2f} ms = **{v.share:.1%}** of the request (budget <= {validation_cost.BUDGET:.0%}): "
         f"**{verdict}**. Medians of repeated calls.",
     ]
@@ -96,7 +97,11 @@ def _method(run: Run) -> list[str]:
         "in it.",
         '- **seqserve:** `gunicorn --config gunicorn.conf.py "service:create_app()"` with the service\'s defaults '
         "except `SEQSERVE_MODEL_REPOSITORY`, `SEQSERVE_BIND`, and `SEQSERVE_BATCHING=false` for the batching-off "
-        "server; per-request JSON logs on (the default) go to `bench/results/logs/`.",
+        "server; per-request JSON logs on (the default) go to `bench/results/logs/`. The rows marked *access log off* "
+        "run a third seqserve with `SEQSERVE_LOG_REQUESTS=false`: KServe, MLServer and the bare endpoint log no "
+        "requests here, so the comparisons with them use those rows (the same observable work), and issue 9's "
+        "targets are shown for both settings. Every gunicorn (seqserve and the bare endpoint) parses requests with "
+        'gunicorn-h1c (`http_parser = "fast"`).',
         "- **bare Flask+gunicorn:** `bench/apps/bare.py` under the same gunicorn.conf.py, worker class and workers: "
         "reads the body, answers a constant.",
         "- **naive tutorial server:** `bench/apps/naive.py`: Flask's built-in server via `app.run()` (threaded, as "

@@ -1,6 +1,9 @@
 """Who is measured on what: the contenders, and the cells (contender x model x payload x concurrency) of a full
-and of a quick run. The full matrix covers every scenario for seqserve and every cell that a target of issue 4
-needs for the others; the quick one only the target cells, on the small model where a target names no model."""
+and of a quick run. The full matrix covers every scenario for seqserve and every cell that a target of issues 4 and
+9 needs for the others; the quick one only the target cells, on the small model where a target names no model.
+
+seqserve runs twice: as it ships (an access line per request) and with its access log off, as KServe, MLServer and
+the bare endpoint run here; comparisons with them use the second, so that every side does the same work."""
 
 from __future__ import annotations
 
@@ -30,6 +33,9 @@ CONTENDERS = {
         Contender("seqserve-json", "seqserve v1 JSON", "seqserve", "v1-json", V1, "v1-json"),
         Contender("seqserve-binary", "seqserve v1 binary", "seqserve", "v1-binary", V1, "v1-json"),
         Contender("seqserve-v2", "seqserve V2 binary", "seqserve", "v2-binary", V2, "v2"),
+        Contender("quiet-json", "seqserve v1 JSON, access log off", "seqserve-quiet", "v1-json", V1, "v1-json"),
+        Contender("quiet-binary", "seqserve v1 binary, access log off", "seqserve-quiet", "v1-binary", V1, "v1-json"),
+        Contender("quiet-v2", "seqserve V2 binary, access log off", "seqserve-quiet", "v2-binary", V2, "v2"),
         Contender("seqserve-nobatch", "seqserve v1 JSON, batching off", "seqserve-nobatch", "v1-json", V1, "v1-json"),
         Contender("bare", "bare Flask+gunicorn (constant)", "bare", "v1-json", "/predict", "constant", per_model=False),
         Contender("naive", "naive Flask+PyTorch tutorial", "naive", "v1-json", "/models/{model}/predict", "v1-json"),
@@ -68,6 +74,7 @@ def full(models: list[str]) -> list[Cell]:
     cells += _cells(["seqserve-v2"], models, ["64x50"], [8])
     cells += _cells(["raw"], models, every, [])
     cells += _cells(["seqserve-nobatch"], [large], ["1x50"], [1, 8, 32])
+    cells += _cells(["quiet-json", "quiet-binary", "quiet-v2"], models, small, [8])
     cells += _cells(["bare"], models, ["1x50"], [1, 8, 32])
     cells += _cells(
         ["naive", "kserve-binary", "kserve-json", "mlserver-json", "mlserver-pool-json"], models, small, [8]
@@ -84,4 +91,5 @@ def quick(models: list[str]) -> list[Cell]:
     cells += _cells(["naive"], [first], ["64x50"], [8])
     cells += _cells(["kserve-binary", "mlserver-json", "mlserver-pool-json"], [first], ["1x50", "64x50"], [8])
     cells += _cells(["seqserve-json", "seqserve-nobatch"], [large], ["1x50"], [1, 32])
+    cells += _cells(["quiet-json", "quiet-binary", "quiet-v2"], [first], ["1x50", "64x50"], [8])
     return sorted(set(cells))

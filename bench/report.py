@@ -1,4 +1,5 @@
-"""Medians over rounds, the targets of issue 4 with PASS/MISS, and the Markdown report (docs/benchmarks.md)."""
+"""Medians over rounds, the targets of issues 4 and 9 with PASS/MISS, and the Markdown report
+(docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -89,14 +90,32 @@ class Targets:
             target.passed = value >= goal
         self.found.append(target)
 
+    def cpu_ratio(self, name: str, goal: float, num: Summary | None, den: Summary | None, note: str = "") -> None:
+        """Server CPU per request, `num / den`, at most `goal`; n/a when either side has no CPU figure."""
+        target = Target(name, f"<= {goal:g}x", note=note)
+        if num is not None and den is not None and num.cpu_us and den.cpu_us:
+            value = num.cpu_us / den.cpu_us
+            target.value = f"{value:.2f}x ({num.cpu_us:,.0f} / {den.cpu_us:,.0f} us/req)"
+            target.passed = value <= goal
+        self.found.append(target)
+
     def best(self, keys: list[str], model: str, scenario: str, c: int) -> tuple[str, Summary | None]:
         found = [(k, s) for k in keys if (s := self.get(k, model, scenario, c)) is not None]
         return max(found, key=lambda ks: ks[1].rps) if found else ("", None)
 
 
+SHIPPED = ["seqserve-json", "seqserve-binary", "seqserve-v2"]  # as it ships: an access line per request
+QUIET = ["quiet-json", "quiet-binary", "quiet-v2"]  # access log off, as the peers and the bare endpoint run here
+
+
 def targets(results: dict[Cell, Summary], models: list[str]) -> list[Target]:
     t = Targets(results, models)
-    seqserve = ["seqserve-json", "seqserve-binary", "seqserve-v2"]
+    _issue4(t, models)
+    _issue9(t, models[0])
+    return t.found
+
+
+def _issue4(t: Targets, models: list[str]) -> None:
     for m in models:
         raw = t.get("raw", m, "64x50", RAW_CONCURRENCY)
         t.ratio(f"{m} 64x50 c8: JSON vs raw onnxruntime", 0.5, t.get("seqserve-json", m, "64x50", 8), raw)
@@ -114,7 +133,7 @@ def targets(results: dict[Cell, Summary], models: list[str]) -> list[Target]:
     ):
         for m in models:
             for payload in PAYLOADS:
-                ours, our_best = t.best(seqserve, m, payload, 8)
+                ours, our_best = t.best(QUIET, m, payload, 8)  # the same observable work: no access log
                 theirs, their_best = t.best(keys, m, payload, 8)
                 note = f"best of each: {_label(ours)} vs {_label(theirs)}" if ours and theirs else ""
                 t.ratio(f"{m} {payload} c8: seqserve vs {peer}", 1.5, our_best, their_best, note)
@@ -122,7 +141,21 @@ def targets(results: dict[Cell, Summary], models: list[str]) -> list[Target]:
     on32, off32 = t.get("seqserve-json", large, "1x50", 32), t.get("seqserve-nobatch", large, "1x50", 32)
     t.ratio(f"{large} 1x50 c32: batching on vs off", 2, on32, off32)
     t.found.append(_added_p50(t, large))
-    return t.found
+
+
+def _issue9(t: Targets, small: str) -> None:
+    """Issue 9's targets on the small model, for seqserve as it ships and with its access log off."""
+    bare, raw = t.get("bare", "-", "1x50", 8), t.get("raw", small, "64x50", RAW_CONCURRENCY)
+    _, kserve = t.best(["kserve-binary", "kserve-json"], small, "1x50", 8)
+    for keys, setting in ((SHIPPED, "access log on"), (QUIET, "access log off")):
+        json, binary, v2 = (t.get(k, small, "64x50", 8) for k in keys)
+        one = t.get(keys[0], small, "1x50", 8)
+        _, best = t.best(keys, small, "1x50", 8)
+        t.cpu_ratio(f"{small} 1x50 c8 JSON, {setting}: server CPU vs bare Flask+gunicorn", 1.6, one, bare)
+        t.ratio(f"{small} 1x50 c8, {setting}: best seqserve vs KServe's best", 1.3, best, kserve)
+        t.ratio(f"{small} 64x50 c8 V2 binary, {setting}: vs raw onnxruntime", 0.75, v2, raw)
+        t.ratio(f"{small} 64x50 c8 v1 raw float32, {setting}: vs raw onnxruntime", 0.70, binary, raw)
+        t.ratio(f"{small} 64x50 c8 v1 JSON, {setting}: vs raw onnxruntime", 0.35, json, raw)
 
 
 def _added_p50(t: Targets, model: str) -> Target:

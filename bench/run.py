@@ -23,6 +23,7 @@ from bench.loadgen import LoadResult, run_load
 from bench.matrix import CONTENDERS, Cell
 from bench.servers import PortAllocator, Server, ServerFailed
 
+QUIET = {"SEQSERVE_LOG_REQUESTS": "false"}  # as KServe and MLServer run here: no access log
 log = logging.getLogger("bench")
 
 
@@ -69,6 +70,9 @@ class Run:
             "seqserve-nobatch": lambda: contenders.seqserve(
                 "seqserve-nobatch", False, self.repository, ports.take(), o.budget, logs
             ),
+            "seqserve-quiet": lambda: contenders.seqserve(
+                "seqserve-quiet", True, self.repository, ports.take(), o.budget, logs, QUIET
+            ),
             "bare": lambda: contenders.bare(ports.take(), o.budget, logs),
             "naive": lambda: contenders.naive(self.models, ports.take(), logs),
             "kserve": lambda: contenders.kserve(self.models, ports, o.budget, logs),
@@ -81,6 +85,7 @@ class Run:
         missing = {
             "seqserve": contenders.seqserve_missing(),
             "seqserve-nobatch": contenders.seqserve_missing(),
+            "seqserve-quiet": contenders.seqserve_missing(),
             "kserve": contenders.peer_missing("kserve"),
             "mlserver": contenders.peer_missing("mlserver"),
             "mlserver-pool": contenders.peer_missing("mlserver"),
