@@ -11,7 +11,7 @@ from typing import Any
 
 from flask import Flask
 
-from service import api_v1, api_v2, http, observability, ops
+from service import api_repository, api_v1, api_v2, http, observability, ops
 from service.dataplane import DataPlane
 from service.metrics import Metrics
 from service.settings import Settings
@@ -43,7 +43,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions[EXTENSION] = Resources(settings, logs, metrics, plane)
     http.init_app(app)
     observability.init_app(app, metrics, settings.log_requests)
-    for blueprint in (ops.bp, api_v1.bp, api_v2.bp):
+    for blueprint in (ops.bp, api_v1.bp, api_v2.bp, api_repository.bp):
         app.register_blueprint(blueprint)
     plane.start()
     return app

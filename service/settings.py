@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 PREFIX = "SEQSERVE_"
@@ -45,6 +45,10 @@ class Settings:
     poll_interval: float = 0.0  # seconds between repository scans; 0: load once at start
     strict_readiness: bool = False  # ready only when every version is; default: every model has a ready version
     state_dir: str = ""  # shared by the workers of one server (gunicorn.conf.py sets it): readiness across workers
+    # model repository API (service/api_repository.py): off unless a token is set; never printed (repr=False)
+    admin_token: str = field(default="", repr=False)
+    control_interval: float = 0.2  # seconds between a worker's looks at the desired model state (with a token)
+    admin_timeout: float = 50.0  # a load/unload answers within this, applied by every worker or not
     # request limits
     max_body_bytes: int = 64 * 1024 * 1024
     max_sequences: int = 1024
@@ -74,6 +78,9 @@ class Settings:
         for name in ("max_body_bytes", "max_sequences", "max_timesteps", "batch_max_sequences", "batch_max_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SEQSERVE_{name.upper()} must be >= 1, got {getattr(self, name)}")
+        for name in ("control_interval", "admin_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"SEQSERVE_{name.upper()} must be > 0, got {getattr(self, name)}")
 
     def batch_policy(self) -> BatchPolicy:
         return BatchPolicy(
