@@ -23,8 +23,11 @@ siblings could have answered 200; meanwhile the connections go to the siblings o
 
 import os
 import pathlib
+import queue
 import shutil
+import signal
 import tempfile
+import time
 
 from service.settings import Settings
 
@@ -68,12 +71,36 @@ def pre_fork(server, worker):
     worker.seqserve_joins_serving = worker.age > getattr(server, "seqserve_first_set", 0)
 
 
-def post_worker_init(worker):
-    if getattr(worker, "seqserve_joins_serving", False):
-        from service.app import wait_loaded
+def post_fork(server, worker):
+    # Until the worker installs its own signal handlers, a signal reaching it runs the master's handler, which only
+    # queues it into the child's copy of the master's queue: lost. A SIGTERM to a worker still booting (a deploy
+    # while a crashed worker is being replaced) would leave it serving until the master kills it at the graceful
+    # timeout, with whatever it is answering then. post_worker_init replays what landed there.
+    worker.seqserve_early_signals = server.SIG_QUEUE
 
-        if not wait_loaded(worker.wsgi, timeout=max(timeout - 5, 1)):
+
+def post_worker_init(worker):
+    _replay_early_signals(worker)
+    if not getattr(worker, "seqserve_joins_serving", False):
+        return
+    from service.app import wait_loaded
+
+    deadline = time.monotonic() + max(timeout - 5, 1)  # the master kills a silent worker after `timeout`
+    while worker.alive and not wait_loaded(worker.wsgi, timeout=0.2):
+        if time.monotonic() > deadline:
             worker.log.warning("worker %s serves before its first repository scan ended", worker.pid)
+            return
+
+
+def _replay_early_signals(worker):
+    early = getattr(worker, "seqserve_early_signals", None)
+    while early is not None:
+        try:
+            sig = early.get_nowait()
+        except queue.Empty:
+            return
+        if sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            os.kill(os.getpid(), sig)  # now to the worker's own handler
 
 
 def worker_exit(server, worker):

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 LOOPBACK = "127.0.0.1"
+CLOSE = {"Connection": "close"}  # keepalive=False: a new connection, so a new accept(), for every request
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class Traffic:
         rate: float | None = None,
         timeout: float = 30.0,
         keep_bodies: bool = False,
+        keepalive: bool = True,
         prefix: str = "t",
     ) -> None:
         parts = urlsplit(url)
@@ -64,7 +66,7 @@ class Traffic:
         self.host, self.port = parts.hostname, parts.port or 80
         self.request = request if callable(request) else (lambda i, r=request: r)
         self.clients, self.limit, self.duration, self.rate = clients, limit, duration, rate
-        self.timeout, self.keep_bodies, self.prefix = timeout, keep_bodies, prefix
+        self.timeout, self.keep_bodies, self.keepalive, self.prefix = timeout, keep_bodies, keepalive, prefix
         self.outcomes: list[Outcome] = []
         self._lock = threading.Lock()
         self._numbers = itertools.count()
@@ -125,7 +127,10 @@ class Traffic:
         started = time.monotonic()
         try:
             connection.request(
-                request.method, request.path, body=request.body, headers={**request.headers, "X-Request-ID": request_id}
+                request.method,
+                request.path,
+                body=request.body,
+                headers={**request.headers, "X-Request-ID": request_id, **({} if self.keepalive else CLOSE)},
             )
             response = connection.getresponse()
             body = response.read()
