@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 LOOPBACK = "127.0.0.1"
+BACKOFF = 0.01  # seconds a client waits after a request that got no answer
 CLOSE = {"Connection": "close"}  # keepalive=False: a new connection, so a new accept(), for every request
 
 
@@ -118,6 +119,8 @@ class Traffic:
                 connection = None
             with self._lock:
                 self.outcomes.append(outcome)
+            if outcome.status is None:
+                self._stop.wait(BACKOFF)  # a server that refuses connections is not hammered in a tight loop
         if connection is not None:
             connection.close()
 

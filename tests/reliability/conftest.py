@@ -35,6 +35,15 @@ PREDICT = Request(
     {"Content-Type": "application/json"},
 )
 
+# Heavier: 8 sequences of 500 steps in a raw float32 body, labels only back; a run takes tens of milliseconds.
+SLOW_FEATURES = np.random.default_rng(4).normal(size=(8, 500, 6)).astype(np.float32)
+SLOW = Request(
+    "POST",
+    "/v1/models/lstm_step/predict?outputs=labels",
+    SLOW_FEATURES.tobytes(),
+    {"Content-Type": "application/octet-stream", "Seqserve-Shape": "8,500,6"},
+)
+
 
 @pytest.fixture(scope="session")
 def versions_repository(tmp_path_factory: pytest.TempPathFactory, model_repository: Path, separable_csv: Path) -> Path:
@@ -109,6 +118,17 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError(f"/proc/{pid}/status has no VmRSS")
+
+
+def logged_requests(logs: str, prefix: str) -> dict[str, int]:
+    """request id -> status, of the requests the app answered (its JSON access log lines)."""
+    found = {}
+    for line in logs.splitlines():
+        if line.startswith("{") and '"seqserve.access"' in line:
+            entry = orjson.loads(line)
+            if str(entry.get("request_id", "")).startswith(prefix):
+                found[entry["request_id"]] = entry["status"]
+    return found
 
 
 def wait_until(check: Callable[[], T], timeout: float, interval: float = 0.05) -> T:
