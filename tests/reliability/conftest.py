@@ -120,14 +120,15 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"/proc/{pid}/status has no VmRSS")
 
 
-def logged_requests(logs: str, prefix: str) -> dict[str, int]:
-    """request id -> status, of the requests the app answered (its JSON access log lines)."""
+def logged_requests(logs: str, prefix: str) -> dict[str, dict]:
+    """request id -> its access log entry (status, duration_ms: the app's own time), for the requests the app
+    answered whose id starts with `prefix`."""
     found = {}
     for line in logs.splitlines():
         if line.startswith("{") and '"seqserve.access"' in line:
             entry = orjson.loads(line)
             if str(entry.get("request_id", "")).startswith(prefix):
-                found[entry["request_id"]] = entry["status"]
+                found[entry["request_id"]] = entry
     return found
 
 
