@@ -244,6 +244,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # timeout(1) and Ctrl-C: leave through the `finally` that stops the server, not past it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     result = run(args)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     soak = result["soak"]

@@ -33,10 +33,14 @@ class Session(Protocol):
 
     def get_outputs(self) -> Sequence[NodeArg]: ...
 
+    def get_overridable_initializers(self) -> Sequence[NodeArg]: ...
+
 
 def check(path: Path, manifest: Manifest, session: Session) -> None:
     problems = manifest_problems(manifest)
-    problems += tensor_problems("input", manifest.inputs, session.get_inputs())
+    # An initializer listed among the graph's inputs (older exports: the zero h0/c0) is an input that may be left out.
+    inputs = [*session.get_inputs(), *session.get_overridable_initializers()]
+    problems += tensor_problems("input", manifest.inputs, inputs)
     problems += tensor_problems("output", manifest.outputs, session.get_outputs())
     if problems:
         raise ManifestError(f"{path} does not fit its manifest: {'; '.join(problems)}")

@@ -30,7 +30,7 @@ def test_four_times_the_sustainable_rate_sheds_the_excess_and_recovers(versions_
     server = start_server(repository, tmp_path / "log", workers=1, batch_max_queue=QUEUE)
     try:
         (worker,) = worker_pids(server)
-        sustained = Traffic(server.url, SLOW, clients=QUEUE, limit=400, duration=20, prefix="base").start()
+        sustained = Traffic(server.url, SLOW, clients=QUEUE, limit=200, duration=15, prefix="base").start()
         base = sustained.join()
         assert {o.status for o in base} == {200}
         rate = len(base) / (max(o.started + o.seconds for o in base) - min(o.started for o in base))

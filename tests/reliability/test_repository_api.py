@@ -8,6 +8,7 @@ import json
 import shutil
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import requests
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from bench.traffic import Traffic, running
+from bench.traffic import Traffic, percentile, running, statuses
 from modelrepo import layout
 from service.app import close_app, create_app, resources
 from service.batching import AdaptiveBatcher
@@ -144,6 +145,10 @@ def test_a_swap_under_steady_load_fails_no_request_and_mixes_no_versions(version
     outcomes = traffic.outcomes
     assert [o for o in outcomes if o.status != 200] == []
     versions = [answered_version(o, reference) for o in outcomes]  # every answer is its version's own numbers
+    print(
+        f"swap under load: {statuses(outcomes)}, by version {dict(Counter(versions))}, "
+        f"p99 {percentile([o.seconds for o in outcomes], 99) * 1e3:.0f} ms"
+    )
     assert set(versions) == {"1", "2"}
     assert {v for o, v in zip(outcomes, versions, strict=True) if o.started > after} == {"2"}
     assert logs.count("model lstm_step/1 unloaded (not selected by the model's version policy)") == 2  # each worker
@@ -247,6 +252,7 @@ def test_broken_versions_are_refused_with_the_reason_and_the_serving_one_stays(
             assert index[0] == {"name": "lstm_step", "version": "1", "state": "READY"}
             assert index[1]["state"] == "UNAVAILABLE"
             assert reason in index[1]["reason"]
+            print(f"{how}: 400 {message}")
             answered = [server.post("/v1/models/lstm_step/predict", ONE) for _ in range(4)]
             assert {a.json()["model_version"] for a in answered} == {"1"}
         failures = [json.loads(line) for line in server.logs().splitlines() if "failed to load" in line]
