@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 LOOPBACK = "127.0.0.1"
-BACKOFF = 0.01  # seconds a client waits after a request that got no answer
+BACKOFF = 0.05  # seconds a client waits after a request that got no answer
 CLOSE = {"Connection": "close"}  # keepalive=False: a new connection, so a new accept(), for every request
 
 

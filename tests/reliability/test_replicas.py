@@ -51,7 +51,8 @@ def test_a_replica_killed_behind_nginx_costs_no_request(versions_repository, tmp
     retried = RETRIED.findall(nginx_log)
     after = [o for o in outcomes if o.started > killed]
     print(
-        f"{len(outcomes)} requests through nginx, {len(after)} after the kill: {statuses(outcomes)}; retried {retried}"
+        f"{len(outcomes)} requests through nginx, {len(after)} after the kill: {statuses(outcomes)}; "
+        f"{len(retried)} passed on by nginx, e.g. {retried[:1]}"
     )
     assert statuses(outcomes) == {"200": len(outcomes)}
     assert len(after) >= 400
