@@ -11,7 +11,8 @@ export SEQSERVE_MODEL_REPOSITORY SEQSERVE_BIND
 DEMO_NAME ?= basicmotions
 DEMO_RUN ?= runs/demo
 
-.PHONY: serve test test-redis test-browser lint demo-model bench image-test deploy-check install-serve install-train install-dev clean
+.PHONY: serve test test-redis test-browser test-nginx soak lint demo-model bench image-test deploy-check install-serve \
+	install-train install-dev clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -55,7 +56,12 @@ test-browser:
 	@command -v chromium >/dev/null || apt-get install -y chromium \
 		|| (apt-get update && apt-get install -y chromium)
 
-test: install-dev test-redis test-browser
+# The replica scenario (tests/reliability) puts the real nginx (Debian package `nginx-light`) in front of two servers.
+test-nginx:
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || apt-get install -y nginx-light \
+		|| (apt-get update && apt-get install -y nginx-light)
+
+test: install-dev test-redis test-browser test-nginx
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest
@@ -122,3 +128,11 @@ image-test:
 export-test:
 	@mkdir -p .image
 	set -o pipefail; bash deploy/export-test.sh 2>&1 | tee .image/export-test.log
+
+# Soak (issue 11, docs/reliability.md): 100,000 requests after a 10,000-request warm-up against a local server
+# (127.0.0.1, free port); fails if a request is not 200, a worker is replaced, or a worker's RSS grows 5 % or more.
+# Bounded twice: the script's own --max-seconds (30 min) and timeout(1). SOAK_ARGS=--requests 200000 etc.
+SOAK_ARGS ?=
+soak: install-train
+	@if ! ls $(SEQSERVE_MODEL_REPOSITORY)/*/*/manifest.json >/dev/null 2>&1; then $(MAKE) demo-model; fi
+	timeout --signal=TERM 40m $(PY) -m bench.soak --repository $(SEQSERVE_MODEL_REPOSITORY) $(SOAK_ARGS)

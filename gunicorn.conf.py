@@ -11,12 +11,23 @@ session with cores/workers intra-op threads.
 
 No `preload_app`: onnxruntime sessions (and any CUDA context) must be created in each worker after the fork, not
 inherited (benoitc/gunicorn#1891). The master imports `service.settings` only.
+
+Which workers wait for their models before they take a request: every one but the first set. At first start the
+process answers /health at once and /ready tells the orchestrator when to send traffic. Any later worker joins
+siblings that are already serving: a crash respawn (SIGKILL, OOM, worker timeout), the new set after SIGHUP, one more
+after TTIN. It must not accept a connection before its models are loaded, or it would answer 503 while its
+siblings could have answered 200; meanwhile the connections go to the siblings or wait in the listen backlog.
+`pre_fork` tells them apart by the worker's age (gunicorn numbers the forks of one master from 1; the first
+`workers` of them are the first set) and `post_worker_init` waits in the marked ones.
 """
 
 import os
 import pathlib
+import queue
 import shutil
+import signal
 import tempfile
+import time
 
 from service.settings import Settings
 
@@ -53,18 +64,46 @@ def on_starting(server):
         os.makedirs(folder, exist_ok=True)
 
 
-def on_reload(server):
-    # After SIGHUP the master spawns new workers and stops the old ones at once: new workers must not take
-    # requests before their models are loaded, or clients would see 503s. Meanwhile connections wait in the
-    # listen backlog. (Not at first start: then /ready tells the orchestrator when to send traffic.)
-    os.environ["GUNICORN_RELOADED_SEQSERVE"] = "1"
+def when_ready(server):
+    # Before the first workers are forked (and not again on SIGHUP). A master started by USR2 joins a serving
+    # server (the old master's workers): none of its workers is a first one.
+    server.seqserve_first_set = 0 if server.master_pid else server.num_workers
+
+
+def pre_fork(server, worker):
+    worker.seqserve_joins_serving = worker.age > getattr(server, "seqserve_first_set", 0)
+
+
+def post_fork(server, worker):
+    # Until the worker installs its own signal handlers, a signal reaching it runs the master's handler, which only
+    # queues it into the child's copy of the master's queue: lost. A SIGTERM to a worker still booting (a deploy
+    # while a crashed worker is being replaced) would leave it serving until the master kills it at the graceful
+    # timeout, with whatever it is answering then. post_worker_init replays what landed there.
+    worker.seqserve_early_signals = server.SIG_QUEUE
 
 
 def post_worker_init(worker):
-    if os.environ.get("GUNICORN_RELOADED_SEQSERVE") == "1":
-        from service.app import wait_loaded
+    _replay_early_signals(worker)
+    if not getattr(worker, "seqserve_joins_serving", False):
+        return
+    from service.app import wait_loaded
 
-        wait_loaded(worker.wsgi, timeout=max(timeout - 5, 1))
+    deadline = time.monotonic() + max(timeout - 5, 1)  # the master kills a silent worker after `timeout`
+    while worker.alive and not wait_loaded(worker.wsgi, timeout=0.2):
+        if time.monotonic() > deadline:
+            worker.log.warning("worker %s serves before its first repository scan ended", worker.pid)
+            return
+
+
+def _replay_early_signals(worker):
+    early = getattr(worker, "seqserve_early_signals", None)
+    while early is not None:
+        try:
+            sig = early.get_nowait()
+        except queue.Empty:
+            return
+        if sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            os.kill(os.getpid(), sig)  # now to the worker's own handler
 
 
 def worker_exit(server, worker):
@@ -78,5 +117,7 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
-    # Its readiness no longer counts (service/workers.py; not imported here: the master stays free of the app).
+    # Its readiness and its acknowledgements of model changes no longer count (service/workers.py,
+    # service/control.py; not imported here: the master stays free of the app).
     pathlib.Path(_state_dir, f"worker-{worker.pid}").unlink(missing_ok=True)
+    pathlib.Path(_state_dir, f"ack-{worker.pid}.json").unlink(missing_ok=True)

@@ -13,7 +13,7 @@ from typing import Any
 
 from flask import Flask
 
-from service import api_v1, api_v2, home, http, inspect_api, observability, ops
+from service import api_repository, api_v1, api_v2, home, http, inspect_api, observability, ops
 from service.dataplane import DataPlane
 from service.http import EXTENSION
 from service.metrics import Metrics
@@ -53,7 +53,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions[EXTENSION] = Resources(settings, logs, metrics, plane, _streams(settings, plane, metrics))
     http.init_app(app)
     observability.init_app(app, metrics, logs, settings.log_requests)
-    for blueprint in (ops.bp, home.bp, api_v1.bp, api_v2.bp):
+    for blueprint in (ops.bp, home.bp, api_v1.bp, api_v2.bp, api_repository.bp):
         app.register_blueprint(blueprint)
     inspect_api.init_app(app, settings, plane.root)
     plane.start()

@@ -9,6 +9,10 @@ of the same bucket join it, up to `max_sequences` sequences and `max_cells` padd
 split. With `max_queue_delay` > 0 a run that is not full waits that long, from its oldest request's arrival, for
 company. The queue is bounded: when full, `submit` raises `Overloaded` at once.
 
+A batcher belongs to one model version, so a run never mixes versions. When its version is unloaded, `drain` waits
+until nothing is queued or running; it refuses nothing, because a request that looked the version up just before
+it was unloaded must still be answered by it. `stop` (the worker shutting down) refuses new requests.
+
 Merging pads features along time and concatenates every tensor along its batch axis; the outputs are cut back per
 request (batch rows, and time up to that request's own longest sequence), so a request gets exactly the arrays an
 unbatched run of it would give.
@@ -117,6 +121,23 @@ class AdaptiveBatcher:
         with self._cond:
             self._stopped = True
 
+    @property
+    def busy(self) -> bool:
+        """A run is in progress or requests are queued."""
+        with self._cond:
+            return self._busy or bool(self._queue)
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until no request is queued or running (True) or `timeout` seconds pass (False)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._busy or self._queue:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+        return True
+
     # -------------------------------------------------------------------------------------- leader/follower
 
     def _follow(self, work: _Work) -> bool:
@@ -145,6 +166,7 @@ class AdaptiveBatcher:
                     head.signal.set()
                 else:
                     self._busy = False
+                    self._cond.notify_all()  # a drain may be waiting for the model to go idle
 
     def _wait_for_company(self) -> None:
         head = self._queue[0]

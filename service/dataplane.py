@@ -5,6 +5,12 @@ version is loaded, checked and warm. With `poll_interval` > 0 the same thread re
 new versions (warm before they are visible: no downtime) and drops removed ones; `stop` ends it. Every gunicorn
 worker has its own dataplane; what workers share (readiness) goes through the server's state folder.
 
+With the model repository API on (an admin token), the same thread also watches the desired state that load and
+unload requests write into the state folder (service/control.py) every `control_interval` seconds, and applies a
+new generation: it loads the versions a model's policy selects, then unloads the others, but only once a selected
+version is ready (a refused new version leaves the serving one in place), and acknowledges per worker. An unloaded
+version leaves the lookup table first and is drained: requests that already hold it finish on it.
+
 A `ModelVersion` is what the loader knows of a version folder (loading, ready or failed, and why); once ready it
 carries a `LoadedModel`, the only thing the APIs serve from.
 """
@@ -25,7 +31,9 @@ from modelrepo import layout
 from modelrepo import manifest as manifests
 from modelrepo.layout import VersionDir
 from modelrepo.manifest import Manifest, ManifestError
+from service import graphcheck
 from service.batching import AdaptiveBatcher, Arrays, BatchObserver
+from service.control import ControlFolder, Desired
 from service.errors import NotFound, NotReady
 from service.metrics import Metrics
 from service.runtime import CUDA, ModelRuntime, install_problems
@@ -105,6 +113,8 @@ class DataPlane:
         self._stopping = threading.Event()
         self._config_schema = ModelConfigSchema()
         self._workers = WorkerBoard(settings.state_dir, settings.worker_count)
+        self.control = ControlFolder(settings.state_dir) if settings.admin_token and settings.state_dir else None
+        self._applied = 0  # the generation of the desired state last applied
         self.install_problems = install_problems()
         for problem in self.install_problems:
             log.error("broken onnxruntime install: %s", problem)
@@ -130,24 +140,37 @@ class DataPlane:
     # -------------------------------------------------------------------------------------------- loading
 
     def _watch(self) -> None:
+        poll, control = self.settings.poll_interval, self.settings.control_interval
+        last_scan, attempted = float("-inf"), -1
         while not self._stopping.is_set():
-            try:
-                self.sync()
-                self._scan_error = ""
-            except Exception as exc:  # a bad scan must not kill the watcher; the next one may succeed
-                log.exception("repository scan failed")
-                self._scan_error = f"repository scan failed: {type(exc).__name__}: {exc}"
-                self._first_scan.set()
-            if self.settings.poll_interval <= 0:
+            desired = self.control.read() if self.control else Desired()
+            polled = poll > 0 and time.monotonic() - last_scan >= poll
+            if polled or desired.generation != attempted:  # a failed generation is retried by polling only
+                last_scan, attempted = time.monotonic(), desired.generation
+                try:
+                    self.sync(desired)
+                    self._scan_error = ""
+                except Exception as exc:  # a bad scan must not kill the watcher; the next one may succeed
+                    log.exception("repository scan failed")
+                    self._scan_error = f"repository scan failed: {type(exc).__name__}: {exc}"
+                    self._first_scan.set()
+            intervals = [i for i in (poll, control if self.control else 0.0) if i > 0]
+            if not intervals:  # nothing to watch: the first scan was all
                 return
-            self._stopping.wait(self.settings.poll_interval)
+            self._stopping.wait(min(intervals))
 
-    def sync(self) -> None:
-        """Load versions that appeared, drop versions that disappeared."""
+    def sync(self, desired: Desired | None = None) -> None:
+        """Load the versions that the repository holds and the desired state selects (all, by default), then unload
+        the others; retry failed versions of a model that a newer request named."""
+        desired = desired or Desired()
         found = {(v.name, v.version): v for v in layout.scan(self.root)}
+        wanted = _select(found, desired)
         with self._lock:
-            known = {(v.name, v.version) for v in self._all()}
-        new = [ModelVersion(found[key]) for key in sorted(found.keys() - known)]
+            known = {(v.name, v.version): v.state for v in self._all()}
+        retry = {
+            k for k, state in known.items() if state is State.FAILED and desired.policy(k[0]).generation > self._applied
+        }
+        new = [ModelVersion(found[key]) for key in sorted(wanted - (known.keys() - retry))]
         with self._lock:  # all visible as "loading" in /ready at once, none servable yet
             for version in new:
                 self._models.setdefault(version.name, {})[version.version] = version
@@ -155,10 +178,35 @@ class DataPlane:
             if self._stopping.is_set():
                 break
             self._load(version)
-        for name, number in sorted(known - found.keys()):
-            self._unload(name, number)
+        for name, number in sorted(known.keys() - wanted):
+            if (name, number) not in found:
+                self._unload(name, number, "removed from the repository")
+            elif self._replaceable(name, wanted, desired):
+                self._unload(name, number, "not selected by the model's version policy")
+            elif desired.generation != self._applied:
+                log.warning("model %s/%d keeps serving: no version its policy selects is ready", name, number)
+        self._applied = desired.generation
         self._first_scan.set()
         self._workers.publish(self._own_readiness()[0])
+        if self.control is not None:
+            self.control.acknowledge(desired.generation, self.version_states())
+
+    def _replaceable(self, name: str, wanted: set[tuple[str, int]], desired: Desired) -> bool:
+        """A version the policy no longer selects goes once a selected one of its model is ready, or at once when
+        the model is unloaded; until then it keeps serving."""
+        if desired.policy(name).kind == "none":
+            return True
+        with self._lock:
+            versions = self._models.get(name, {})
+            return any(v.state is State.READY for n, v in versions.items() if (name, n) in wanted)
+
+    def version_states(self) -> dict[str, dict[str, dict[str, str]]]:
+        """Every version this worker knows: `{name: {version: {"state", "reason"}}}`."""
+        with self._lock:
+            return {
+                name: {str(n): {"state": str(v.state), "reason": v.reason} for n, v in versions.items()}
+                for name, versions in self._models.items()
+            }
 
     def _load(self, version: ModelVersion) -> None:
         started = time.perf_counter()
@@ -184,6 +232,7 @@ class DataPlane:
             self.settings.ort_threads,
             inline_below=self.settings.inline_below_ms / 1000,
         )
+        graphcheck.check(entry.path / manifest.onnx_file, manifest, runtime.session)
         runtime.warmup(self.settings.warmup_timesteps)
         if (error := runtime.state_wiring_error()) > STATE_TOLERANCE:
             raise LoadError(
@@ -224,7 +273,9 @@ class DataPlane:
             observer=observer,
         )
 
-    def _unload(self, name: str, number: int) -> None:
+    def _unload(self, name: str, number: int, why: str) -> None:
+        """Out of the lookup table first (no new request finds it), then drained: requests that already hold the
+        version finish on it; the session is freed with the last of them."""
         with self._lock:
             version = self._models.get(name, {}).pop(number, None)
             if name in self._models and not self._models[name]:
@@ -232,10 +283,12 @@ class DataPlane:
         if version is None:
             return
         if version.loaded is not None:
-            if version.loaded.batcher:
-                version.loaded.batcher.stop()
+            if version.loaded.batcher and not version.loaded.batcher.drain(self.settings.batch_timeout):
+                log.warning(
+                    "model %s: requests still running %gs after unloading", version.key, self.settings.batch_timeout
+                )
             self.metrics.model_ready.labels(name, str(number), version.loaded.runtime.provider).set(0)
-        log.info("model %s unloaded (removed from the repository)", version.key)
+        log.info("model %s unloaded (%s)", version.key, why)
 
     # ------------------------------------------------------------------------------------------ queries
 
@@ -325,3 +378,11 @@ class DataPlane:
 
 def _flag(value: bool) -> str:
     return "true" if value else "false"
+
+
+def _select(found: dict[tuple[str, int], VersionDir], desired: Desired) -> set[tuple[str, int]]:
+    """The (name, version) pairs of the repository that the desired state selects."""
+    numbers: dict[str, list[int]] = {}
+    for name, number in found:
+        numbers.setdefault(name, []).append(number)
+    return {(name, n) for name, available in numbers.items() for n in desired.policy(name).select(available)}

@@ -46,6 +46,10 @@ class Settings:
     poll_interval: float = 0.0  # seconds between repository scans; 0: load once at start
     strict_readiness: bool = False  # ready only when every version is; default: every model has a ready version
     state_dir: str = ""  # shared by the workers of one server (gunicorn.conf.py sets it): readiness across workers
+    # model repository API (service/api_repository.py): off unless a token is set; never printed (repr=False)
+    admin_token: str = field(default="", repr=False)
+    control_interval: float = 0.2  # seconds between a worker's looks at the desired model state (with a token)
+    admin_timeout: float = 50.0  # a load/unload answers within this, applied by every worker or not
     # request limits
     max_body_bytes: int = 64 * 1024 * 1024
     max_sequences: int = 1024
@@ -85,7 +89,7 @@ class Settings:
             raise ValueError(
                 f"SEQSERVE_INSPECT_MAX_TIMESTEPS must be >= 0 (0: by head), got {self.inspect_max_timesteps}"
             )
-        for name in ("state_ttl", "sequence_idle_s"):
+        for name in ("state_ttl", "sequence_idle_s", "control_interval", "admin_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"SEQSERVE_{name.upper()} must be > 0, got {getattr(self, name)}")
 
