@@ -26,7 +26,7 @@ from service.http import (
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
 codec_errors(bp, lambda exc: BadRequest)  # the protocol answers every unusable request with 400
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository", "sequence_batching"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository", "sequence"]
 _TRITON_TYPES = {"FP32": "TYPE_FP32", "INT64": "TYPE_INT64"}
 
 
