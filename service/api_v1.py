@@ -12,6 +12,7 @@ from service.codecs import PredictRequest, RawMeta
 from service.dataplane import LoadedModel, ModelVersion
 from service.errors import UnsupportedMediaType
 from service.http import (
+    admitted,
     codec_errors,
     dataplane,
     json_response,
@@ -65,7 +66,7 @@ def get_model(name: str) -> Response:
 @bp.post("/models/<name>/versions/<version>/predict")
 def predict(name: str, version: str | None = None) -> Response:
     body = read_body()  # first: an unread body would cost the client its keep-alive connection on a 404
-    model = resolve_model(name, version)
+    model = admitted(resolve_model(name, version))
     parsed = parse_predict(body, model)
     outputs = dataplane().infer(model, {"features": parsed.features, "lengths": parsed.lengths})
     return json_response(codecs.v1_response(model.manifest, parsed, outputs, g.get("request_id")))
@@ -83,10 +84,10 @@ def stream(name: str, version: str | None = None) -> Response:
         data = codecs.decode_json(body)
         token = data.get("state") if isinstance(data, dict) and isinstance(data.get("state"), str) else None
         model, state = streams.token_model(name, number, token)
-        chunk = codecs.v1_stream_json(data, model.manifest, limits())
+        chunk = codecs.v1_stream_json(data, admitted(model).manifest, limits())
     else:
         model, state = streams.token_model(name, number, request.headers.get("Seqserve-State"))
-        chunk = codecs.v1_stream_chunk(parse_predict(body, model))
+        chunk = codecs.v1_stream_chunk(parse_predict(body, admitted(model)))
     outputs, token, steps = streams.token_step(model, chunk.features, state)
     return json_response(codecs.v1_stream_response(model.manifest, chunk, outputs, token, steps))
 

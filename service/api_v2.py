@@ -13,6 +13,7 @@ from service import codecs
 from service.dataplane import LoadedModel, State
 from service.errors import BadRequest, NotFound
 from service.http import (
+    admitted,
     codec_errors,
     dataplane,
     json_response,
@@ -110,7 +111,7 @@ def model_config(name: str, version: str | None = None) -> Response:
 @bp.post("/models/<name>/versions/<version>/infer")
 def infer(name: str, version: str | None = None) -> Response:
     body = read_body()  # first: an unread body would cost the client its keep-alive connection on a 404
-    model = resolve_model(name, version)
+    model = admitted(resolve_model(name, version))
     header = request.headers.get("Inference-Header-Content-Length")
     parsed = codecs.v2_request(body, header, model.manifest, limits())
     if (sequence := codecs.v2_sequence(parsed, model.manifest)) is not None:

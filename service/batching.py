@@ -96,9 +96,7 @@ class AdaptiveBatcher:
         with self._cond:
             if self._stopped:
                 raise NotReady("model version is being unloaded")
-            if len(self._queue) >= self.max_queue:
-                self.observer.rejected()
-                raise Overloaded(f"model queue is full ({self.max_queue} requests waiting); retry shortly")
+            self._refuse_when_full()
             self._queue.append(work)
             lead, self._busy = not self._busy, True
             if self.max_queue_delay > 0:
@@ -109,6 +107,16 @@ class AdaptiveBatcher:
             raise work.error
         assert work.outputs is not None
         return work.outputs
+
+    def admit(self) -> None:
+        """Refuse at once (Overloaded) when the queue is full: lets a view refuse before it decodes a body."""
+        with self._cond:
+            self._refuse_when_full()
+
+    def _refuse_when_full(self) -> None:
+        if len(self._queue) >= self.max_queue:
+            self.observer.rejected()
+            raise Overloaded(f"model queue is full ({self.max_queue} requests waiting); retry shortly")
 
     @property
     def queued(self) -> int:

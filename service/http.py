@@ -70,6 +70,14 @@ def resolve_model(name: str, version: str | None = None) -> LoadedModel:
     return model
 
 
+def admitted(model: LoadedModel) -> LoadedModel:
+    """503 + Retry-After at once when the model's queue is full: inference views ask before they decode the body,
+    so that an overloaded worker spends little on what it turns away."""
+    if model.batcher is not None:
+        model.batcher.admit()
+    return model
+
+
 def model_versions(name: str) -> list[ModelVersion]:
     """Every version of a model, whatever its state (404 when unknown)."""
     name, _ = path_params(name)
