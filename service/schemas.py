@@ -23,6 +23,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 from modelrepo.layout import NAME_PATTERN
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+MAX_TENSOR_DEPTH = 32  # numpy allows 64 dimensions; our models take at most 3
 OUTPUTS = ("labels", "probabilities", "logits")
 V2_DATATYPES = (
     "BOOL",
@@ -221,6 +222,8 @@ def _locate_flat(value: list[Any]) -> str:
         nonlocal depth
         for i, x in enumerate(items):
             here = (*path, i)
+            if len(here) > MAX_TENSOR_DEPTH:  # bounded: a deeply nested body must not exhaust the stack
+                return f"data{''.join(f'[{p}]' for p in here)}: nested deeper than {MAX_TENSOR_DEPTH} levels"
             if isinstance(x, list):
                 if (found := walk(x, here)) is not None:
                     return found
