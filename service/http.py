@@ -104,6 +104,11 @@ def v1_status(exc: CodecError) -> type[ServiceError]:
     return BadRequest if exc.unreadable else InvalidInput
 
 
+def error_flavour(path: str) -> str:
+    """Which error envelope a path answers with (the OpenAPI document asks the same question)."""
+    return "v2" if path == "/v2" or path.startswith("/v2/") else "v1"
+
+
 def handle_error(exc: Exception) -> Response:
     if isinstance(exc, ServiceError):
         status, code, message, details, headers = exc.status, exc.code, exc.message, exc.details, exc.headers
@@ -123,7 +128,7 @@ def handle_error(exc: Exception) -> Response:
     else:
         log.error("unhandled error", exc_info=exc, extra={"request_id": g.get("request_id")})
         status, code, message, details, headers = 500, "internal_error", "internal error", None, {}
-    if request.path.startswith("/v2"):
+    if error_flavour(request.path) == "v2":
         body: dict[str, Any] = {"error": message}
     else:
         body = {"error": {"code": code, "message": message, "details": details, "request_id": g.get("request_id")}}
