@@ -70,8 +70,16 @@ def model_versions(name: str) -> list[ModelVersion]:
 
 
 def read_body() -> bytes:
+    """The body, at most `MAX_CONTENT_LENGTH` bytes before and after gunzip. Werkzeug refuses a larger
+    Content-Length, but passes a chunked body (no Content-Length) through unbounded: hence the bounded read."""
     limit = current_app.config["MAX_CONTENT_LENGTH"]
-    return decompress(request.get_data(cache=False), request.headers.get("Content-Encoding"), limit)
+    parts, size = [], 0
+    while chunk := request.stream.read(min(1 << 20, limit + 1 - size)):
+        parts.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+    return decompress(b"".join(parts), request.headers.get("Content-Encoding"), limit)
 
 
 def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:

@@ -5,19 +5,31 @@ Every field maps to one variable: `max_sequences` <- `SEQSERVE_MAX_SEQUENCES`. `
 `threads`, `timeout`, `graceful_timeout` and `keepalive` are gunicorn's: gunicorn.conf.py reads them from here, so
 each default lives in this file only, and the app knows the worker count to split the CPU threads between them.
 This module imports nothing but the standard library (the gunicorn master imports it).
+
+Secrets (`secret()` fields: the admin token, the state key) are kept out of `repr` (so a logged `Settings` shows
+none), masked by `public()`, and never echoed by an error message about their value. tests/security checks that
+every setting named like a secret is declared with `secret()` and that a running server logs none of them.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 PREFIX = "SEQSERVE_"
 PROVIDERS = ("auto", "cpu", "cuda")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+
+
+SECRET = "secret"
+
+
+def secret() -> Any:
+    """A setting never shown: not in `repr`, masked by `Settings.public()`, not echoed in error messages."""
+    return field(default="", repr=False, metadata={SECRET: True})
 
 
 @dataclass(frozen=True)
@@ -56,6 +68,9 @@ class Settings:
     batch_max_queue_delay_ms: float = 0.0  # 0: never wait for company when the model is free
     batch_max_queue: int = 256  # pending requests beyond which the answer is 503 + Retry-After
     batch_timeout: float = 30.0
+    # secrets
+    admin_token: str = secret()  # SEQSERVE_ADMIN_TOKEN: the model repository API takes `Authorization: Bearer` it
+    state_key: str = secret()  # SEQSERVE_STATE_KEY: signs stream-state tokens (shared by replicas)
     # process
     log_level: str = "INFO"
     log_requests: bool = True
@@ -74,6 +89,18 @@ class Settings:
         for name in ("max_body_bytes", "max_sequences", "max_timesteps", "batch_max_sequences", "batch_max_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SEQSERVE_{name.upper()} must be >= 1, got {getattr(self, name)}")
+
+    @classmethod
+    def secret_names(cls) -> list[str]:
+        return [f.name for f in fields(cls) if f.metadata.get(SECRET)]
+
+    def public(self) -> dict[str, Any]:
+        """Every setting, secrets masked (`***` when set): what may be logged or shown."""
+        hidden = set(self.secret_names())
+        return {
+            f.name: ("***" if getattr(self, f.name) else "") if f.name in hidden else getattr(self, f.name)
+            for f in fields(self)
+        }
 
     def batch_policy(self) -> BatchPolicy:
         return BatchPolicy(
@@ -111,10 +138,12 @@ class Settings:
         values = {k.lower(): v for k, v in values.items()}
         if unknown := sorted(set(values) - set(known)):
             raise ValueError(f"unknown settings {['SEQSERVE_' + k.upper() for k in unknown]}")
-        return cls(**{k: _convert(k, str(known[k].type), v) for k, v in values.items()})
+        return cls(
+            **{k: _convert(k, str(known[k].type), v, known[k].metadata.get(SECRET, False)) for k, v in values.items()}
+        )
 
 
-def _convert(name: str, kind: str, value: Any) -> Any:
+def _convert(name: str, kind: str, value: Any, hidden: bool = False) -> Any:
     text = str(value).strip()
     try:
         if kind == "bool":
@@ -126,5 +155,6 @@ def _convert(name: str, kind: str, value: Any) -> Any:
         if kind == "float":
             return float(text)
     except ValueError:
-        raise ValueError(f"SEQSERVE_{name.upper()}: cannot read {value!r} as {kind}") from None
+        shown = "its value" if hidden else repr(value)
+        raise ValueError(f"SEQSERVE_{name.upper()}: cannot read {shown} as {kind}") from None
     return text
