@@ -60,8 +60,9 @@ test: install-dev test-redis
 # fuzzers. `make test` runs the same tests with 2,000 cases.
 FUZZ_CASES ?= 20000
 FUZZ_SECONDS ?= 3000
+FUZZ_EXAMPLES ?= 100
 fuzz: install-dev
-	FUZZ_CASES=$(FUZZ_CASES) FUZZ_SECONDS=$(FUZZ_SECONDS) timeout --signal=TERM $$(( $(FUZZ_SECONDS) + 900 )) \
+	FUZZ_CASES=$(FUZZ_CASES) FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) timeout --signal=TERM $$(( $(FUZZ_SECONDS) + 900 )) \
 		$(VENV)/bin/pytest -s -p no:cacheprovider tests/reliability/test_fuzz_schemathesis.py tests/reliability/test_fuzz_bodies.py
 
 lint: install-dev

@@ -2,7 +2,8 @@
 
 - Valid tensors get the same predictions in every encoding (v1 JSON, raw float32, .npy; V2 JSON and binary).
 - Any float32 values (NaN, infinities, subnormals, extremes) in binary bodies: 200, or a 4xx that names the
-  sequence, timestep and feature.
+  sequence, timestep and feature (v1 ignores the padding past a sequence's length; V2 refuses a non-finite value
+  anywhere in the tensor).
 - A valid V2 binary request broken in one way (header length, truncated tensor, binary_data_size, declared shape,
   trailing bytes, datatype): 400 whose message says what is wrong and where.
 Never a 5xx; afterwards the server has the same workers and no traceback in its log.
@@ -47,7 +48,7 @@ def target(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 def batches(draw: st.DrawFn, elements: st.SearchStrategy[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """features [B, T, 6] float32 and lengths [B] (each 1..T, at least one T)."""
     batch, steps = draw(st.integers(1, 4)), draw(st.integers(1, 16))
-    values = elements or st.floats(-1e4, 1e4, width=32, allow_nan=False)
+    values = st.floats(-1e4, 1e4, width=32, allow_nan=False) if elements is None else elements
     features = draw(arrays(np.float32, (batch, steps, FEATURES), elements=values))
     lengths = draw(st.lists(st.integers(1, steps), min_size=batch, max_size=batch))
     lengths[draw(st.integers(0, batch - 1))] = steps
@@ -130,14 +131,17 @@ def test_any_float32_values_are_answered_or_located(target: Server, batch: Any, 
         headers = {"Content-Type": "application/octet-stream", "Seqserve-Shape": ",".join(map(str, features.shape)),
                    "Seqserve-Lengths": ",".join(map(str, lengths.tolist()))}  # fmt: skip
         answer = send(target, PREDICT, features.tobytes(), headers)
-    inside = np.arange(features.shape[1])[None, :, None] < lengths[:, None, None]
-    if np.isfinite(features[np.broadcast_to(inside, features.shape)]).all():
+    inside = np.broadcast_to(np.arange(features.shape[1])[None, :, None] < lengths[:, None, None], features.shape)
+    # v1 ignores the padding past each sequence's length; V2 takes the tensor as a whole, padding included
+    if np.isfinite(features if binary else features[inside]).all():
         assert answer.status_code == 200, answer.text[:300]
         return
     assert answer.status_code in (400, 422), answer.text[:300]
     message = answer.json()["error"] if binary else answer.json()["error"]["message"]
     assert "not finite" in message
-    if not binary:
+    if np.isfinite(features[inside]).all():  # V2, non-finite padding only
+        assert message == "input 'features': holds values that are not finite"
+    else:
         i, t, f = (int(v) for v in np.argwhere(~np.isfinite(features) & inside)[0])
         assert message.startswith(f"sequences[{i}][{t}][{f}]: "), message
 

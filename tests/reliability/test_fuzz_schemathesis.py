@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from openapi_spec_validator import validate
 
 from tests.conftest import REPO_ROOT
 from tests.reliability.fuzz_support import ServerWatch, run_schemathesis
@@ -41,7 +42,9 @@ def fuzzed(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 def test_schemathesis_finds_nothing(fuzzed: Server, model_repository: Path, tmp_path: Path):
     cases, seconds, examples = budget()
     watch = ServerWatch(fuzzed)
-    paths = fuzzed.get("/openapi.json").json()["paths"]
+    document = fuzzed.get("/openapi.json").json()
+    validate(document)
+    paths = document["paths"]
     operations = {f"{method.upper()} {path}" for path, item in paths.items() for method in item}
     forbidden = (str(model_repository.resolve()), str(REPO_ROOT), str(fuzzed.log.parent))
     result = run_schemathesis(
@@ -51,6 +54,7 @@ def test_schemathesis_finds_nothing(fuzzed: Server, model_repository: Path, tmp_
     assert result.failed_runs == [], result.failed_runs[0]
     assert result.cases >= cases, result.summary()
     assert not [s for s in result.statuses if s >= 500], result.summary()
-    assert operations - set(result.operations) == set(), "operations no case reached"
+    # st loads the document through GET /openapi.json itself (validated above) and does not always send it again.
+    assert operations - set(result.operations) - {"GET /openapi.json"} == set(), "operations no case reached"
     assert result.statuses[200] > 0, "no generated case reached a model"
     assert watch.problems() == []
