@@ -145,17 +145,18 @@ def operation_of(app: Flask, rule: Rule) -> Operation | None:
     return documented_view or FLASK_ENDPOINTS.get(rule.endpoint)
 
 
+def _gaps(app: Flask, rule: Rule) -> list[str]:
+    """Why a route cannot be documented (none when it can)."""
+    operation = operation_of(app, rule)
+    if operation is None:
+        return [f"{rule.rule} ({rule.endpoint}): its view has no @documented(...)"]
+    unknown = sorted(rule.arguments - PATH_PARAMETERS.keys() - operation.path.keys())
+    return [f"{rule.rule} ({rule.endpoint}): path parameter <{argument}> has no schema" for argument in unknown]
+
+
 def undocumented(app: Flask) -> list[str]:
     """Routes left out of the document, each with the reason."""
-    missing = []
-    for rule in app.url_map.iter_rules():
-        operation = operation_of(app, rule)
-        if operation is None:
-            missing.append(f"{rule.rule} ({rule.endpoint}): its view has no @documented(...)")
-            continue
-        for argument in sorted(rule.arguments - PATH_PARAMETERS.keys() - operation.path.keys()):
-            missing.append(f"{rule.rule} ({rule.endpoint}): path parameter <{argument}> has no schema")
-    return missing
+    return [gap for rule in app.url_map.iter_rules() for gap in _gaps(app, rule)]
 
 
 def build_spec(app: Flask) -> dict[str, Any]:
@@ -170,12 +171,10 @@ def build_spec(app: Flask) -> dict[str, Any]:
     plugin.converter.add_attribute_function(_tensor_data)
     spec.components.schema("Error", schema=ErrorDoc)
     spec.components.schema("V2Error", schema=V2ErrorDoc)
-    skipped = set(undocumented(app))
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
         operation = operation_of(app, rule)
-        if operation is None or any(entry.startswith(f"{rule.rule} ") for entry in skipped):
-            continue
-        spec.path(openapi_path(rule), operations=_operations(rule, operation))
+        if operation is not None and not _gaps(app, rule):
+            spec.path(openapi_path(rule), operations=_operations(rule, operation))
     return spec.to_dict()
 
 
