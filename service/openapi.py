@@ -33,7 +33,7 @@ from werkzeug.routing import Rule
 
 from modelrepo.layout import NAME_PATTERN
 from service.http import error_flavour
-from service.schemas import ErrorDoc, TensorDataField, V2ErrorDoc
+from service.schemas import ErrorDoc, TensorDataField, TimestepDoc, V2ErrorDoc
 
 SchemaLike = type[Schema] | dict[str, Any]
 View = TypeVar("View", bound=Callable[..., Any])
@@ -284,6 +284,9 @@ def _schema_name(schema: type[Schema] | Schema) -> str:
 
 
 def _tensor_data(self: Any, field: fields.Field, **kwargs: Any) -> dict[str, Any]:
+    """JSON schemas of our custom payload fields (apispec knows marshmallow's own)."""
     if isinstance(field, TensorDataField):
         return {"type": "array", "items": {}, "description": "flat or nested list of numbers"}
+    if isinstance(field, TimestepDoc):
+        return dict(TimestepDoc.JSON_SCHEMA)
     return {}

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import chain
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
@@ -270,11 +270,22 @@ def predict_schema(feature_names: tuple[str, ...], max_sequences: int, max_times
     )(unknown=RAISE)
 
 
+class TimestepDoc(fields.Raw):
+    """For the OpenAPI document: a timestep is a list of numbers, or an object of numbers keyed by feature name."""
+
+    JSON_SCHEMA: ClassVar[dict[str, Any]] = {
+        "oneOf": [
+            {"type": "array", "items": {"type": "number"}},
+            {"type": "object", "additionalProperties": {"type": "number"}},
+        ]
+    }
+
+
 class PredictRequestDoc(StrictSchema):
     """For the OpenAPI document only: the per-model schema above is built at load time."""
 
     sequences = fields.List(
-        fields.List(fields.List(fields.Float()), validate=validate.Length(min=1)),
+        fields.List(TimestepDoc(), validate=validate.Length(min=1)),
         required=True,
         validate=validate.Length(min=1),
         metadata={"description": "sequences x timesteps x features; a timestep may be an object keyed by name"},
