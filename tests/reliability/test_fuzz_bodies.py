@@ -6,11 +6,14 @@
   anywhere in the tensor).
 - A valid V2 binary request broken in one way (header length, truncated tensor, binary_data_size, declared shape,
   trailing bytes, datatype): 400 whose message says what is wrong and where.
+- JSON nested to any depth, anywhere in either API's body: a located 4xx.
+- gzip bodies that expand to around the limit or far past it: 413 exactly when the expansion passes the limit.
 Never a 5xx; afterwards the server has the same workers and no traceback in its log.
 """
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 from collections.abc import Iterator
@@ -30,6 +33,7 @@ from tests.service.conftest import Server, start_server
 FEATURES = 6
 PREDICT = "/v1/models/lstm_step/predict"
 INFER = "/v2/models/lstm_step/infer"
+LIMIT = 100_000  # bytes of body, before and after gunzip
 FUZZ = settings(
     max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -37,7 +41,8 @@ FUZZ = settings(
 
 @pytest.fixture(scope="module")
 def target(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = start_server(model_repository, tmp_path_factory.mktemp("bodies") / "gunicorn.log")
+    log = tmp_path_factory.mktemp("bodies") / "gunicorn.log"
+    server = start_server(model_repository, log, max_body_bytes=LIMIT)
     watch = ServerWatch(server)
     yield server
     assert watch.problems() == []
@@ -202,3 +207,36 @@ def test_malformed_v2_binary_bodies_get_located_400s(target: Server, broken: tup
     answer = send(target, INFER, body, {"Inference-Header-Content-Length": header_length})
     assert answer.status_code == 400, answer.text[:300]
     assert expected in answer.json()["error"], answer.json()["error"]
+
+
+@FUZZ
+@given(depth=st.integers(1, 3000), where=st.sampled_from(["sequences", "timestep", "data", "parameters"]))
+def test_nesting_at_any_depth_is_refused_and_located(target: Server, depth: int, where: str):
+    deep = "[" * depth + "0.5" + "]" * depth
+    template = {
+        "sequences": '{"sequences": DEEP}',
+        "timestep": '{"sequences": [[DEEP]]}',
+        "data": '{"inputs": [{"name": "features", "shape": [1, 1, 6], "datatype": "FP32", "data": DEEP}]}',
+        "parameters": '{"parameters": {"x": DEEP}, "inputs": []}',
+    }[where]
+    body = template.replace("DEEP", deep)
+    path = PREDICT if where in ("sequences", "timestep") else INFER
+    answer = send(target, path, body.encode(), {"Content-Type": "application/json"})
+    assert answer.status_code in (400, 422), answer.text[:300]
+    error = answer.json()["error"]
+    message = error if path == INFER else error["message"]
+    assert message.startswith(("body is not valid JSON", "sequences", "inputs", "input 'features'")), message
+
+
+@FUZZ
+@given(size=st.one_of(st.integers(LIMIT - 2000, LIMIT + 2000), st.integers(LIMIT, 400 * LIMIT)),
+       path=st.sampled_from([PREDICT, INFER]))  # fmt: skip
+def test_gzip_bodies_are_bounded_once_expanded(target: Server, size: int, path: str):
+    body = gzip.compress(b" " * size, compresslevel=9)
+    answer = send(target, path, body, {"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    if size > LIMIT:
+        assert answer.status_code == 413, answer.text[:300]
+        assert f"decompressed body exceeds {LIMIT} bytes" in answer.text
+    else:  # expanded fine: only spaces, which is not JSON
+        assert answer.status_code == 400, answer.text[:300]
+        assert "body is not valid JSON" in answer.text or "empty body" in answer.text
