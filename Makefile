@@ -11,8 +11,8 @@ export SEQSERVE_MODEL_REPOSITORY SEQSERVE_BIND
 DEMO_NAME ?= basicmotions
 DEMO_RUN ?= runs/demo
 
-.PHONY: serve test test-redis test-browser test-nginx soak lint demo-model bench image-test deploy-check install-serve \
-	install-train install-dev clean
+.PHONY: serve test test-redis test-browser test-nginx soak fuzz lint demo-model bench image-test deploy-check \
+	install-serve install-train install-dev clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,18 @@ test: install-dev test-redis test-browser test-nginx
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest
+
+# fuzz (issue 11, docs/reliability.md): schemathesis sends >= 20,000 generated cases to /openapi.json of a real
+# gunicorn on 127.0.0.1 (repeated runs with new seeds until then; FUZZ_SECONDS bounds it), then the hypothesis body
+# fuzzers. `make test` runs the same tests with 2,000 cases. Its own --basetemp: another pytest run on the machine
+# prunes the shared /tmp/pytest-of-USER folders (3 kept), which would delete this run's server files under it.
+FUZZ_CASES ?= 20000
+FUZZ_SECONDS ?= 3000
+FUZZ_EXAMPLES ?= 100
+fuzz: install-dev
+	FUZZ_CASES=$(FUZZ_CASES) FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) timeout --signal=TERM $$(( $(FUZZ_SECONDS) + 900 )) \
+		$(VENV)/bin/pytest -s -p no:cacheprovider --basetemp=$$(mktemp -d -t seqserve-fuzz-XXXXXX) \
+		tests/reliability/test_fuzz_schemathesis.py tests/reliability/test_fuzz_bodies.py
 
 lint: install-dev
 	$(VENV)/bin/ruff check .

@@ -206,15 +206,26 @@ class Manifest:
             ),
             training=dict(raw.get("training", {})),
             metrics=dict(raw.get("metrics", {})),
-            onnx_file=str(raw["onnx"]["file"]),
+            onnx_file=check_file_name(str(raw["onnx"]["file"])),
             opset=int(raw["onnx"]["opset"]),
             inputs=tuple(TensorSpec.from_dict(t) for t in raw["onnx"]["inputs"]),
             outputs=tuple(TensorSpec.from_dict(t) for t in raw["onnx"]["outputs"]),
-            torchscript_file=str(raw.get("torchscript", {}).get("file", "")),
+            torchscript_file=_optional_file(str(raw.get("torchscript", {}).get("file", ""))),
             versions=dict(raw.get("versions", {})),
             parity=dict(raw.get("parity", {})),
-            files={n: FileEntry(str(f["sha256"]), int(f["bytes"])) for n, f in raw.get("files", {}).items()},
+            files={
+                check_file_name(n): FileEntry(str(f["sha256"]), int(f["bytes"]))
+                for n, f in raw.get("files", {}).items()
+            },
         )
+
+
+def check_file_name(name: str) -> str:
+    """A file a manifest names is a plain name inside its version folder: no separator, no `..`, nothing absolute,
+    so a manifest cannot make a reader open a file elsewhere (`../../etc/passwd`, `/tmp/x.onnx`)."""
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0") or name != name.strip():
+        raise ValueError(f"{name!r} is not a plain file name inside the version folder")
+    return name
 
 
 def read(folder: Path) -> Manifest:
@@ -232,6 +243,10 @@ def write(folder: Path, manifest: Manifest) -> None:
         f.write(json.dumps(manifest.to_dict(), indent=2).encode())
         f.flush()
         os.fsync(f.fileno())
+
+
+def _optional_file(name: str) -> str:
+    return check_file_name(name) if name else name
 
 
 def sha256(path: Path) -> str:
@@ -252,11 +267,18 @@ def file_entries(folder: Path) -> dict[str, FileEntry]:
 
 
 def verify(folder: Path, manifest: Manifest) -> None:
-    """Every file the manifest lists is there with its sha256; the ONNX file must be listed."""
+    """Every file the manifest lists is there, inside the folder, with its sha256; the ONNX file must be listed.
+    Names are checked before any file is opened, and a listed file (or link) that resolves elsewhere is refused."""
     if manifest.onnx_file not in manifest.files:
         raise ManifestError(f"{folder}: manifest lists no checksum for {manifest.onnx_file}")
+    inside = folder.resolve()
     for name, entry in manifest.files.items():
-        path = folder / name
+        try:
+            path = folder / check_file_name(name)
+        except ValueError as exc:
+            raise ManifestError(f"{folder / MANIFEST_FILE}: files: {exc}") from None
+        if path.resolve().parent != inside:
+            raise ManifestError(f"{path}: resolves outside the version folder (a link?)")
         if not path.is_file():
             raise ManifestError(f"{path}: listed in the manifest but missing")
         digest = sha256(path)

@@ -24,6 +24,8 @@ from service.http import (
     resources,
     v1_status,
 )
+from service.openapi import BINARY, documented, json_reply
+from service.schemas import ModelDoc, ModelListDoc, PredictRequestDoc, PredictResponseDoc
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
 codec_errors(bp, v1_status)
@@ -50,6 +52,7 @@ def describe(version: ModelVersion) -> dict[str, Any]:
 
 
 @bp.get("/models")
+@documented("Models and their versions (state, provider, classes, features, batching)", {200: json_reply(ModelListDoc)})
 def list_models() -> Response:
     plane = dataplane()
     return json_response(
@@ -58,12 +61,43 @@ def list_models() -> Response:
 
 
 @bp.get("/models/<name>")
+@documented("One model and its versions", {200: json_reply(ModelDoc)}, errors=(404, 503))
 def get_model(name: str) -> Response:
     return json_response({"name": name, "versions": [describe(v) for v in model_versions(name)]})
 
 
 @bp.post("/models/<name>/predict")
 @bp.post("/models/<name>/versions/<version>/predict")
+@documented(
+    "Per-timestep (or per-sequence) predictions for a batch of variable-length sequences",
+    {200: json_reply(PredictResponseDoc, "predictions")},
+    errors=(404, 415, 422, 503, 504),
+    body={
+        "application/json": PredictRequestDoc,
+        "application/octet-stream": {**BINARY, "description": "little-endian float32 [B,T,F] (Seqserve-Shape)"},
+        "application/x-npy": {**BINARY, "description": "a .npy file of a float array [B,T,F]"},
+    },
+    parameters=(
+        {
+            "in": "header",
+            "name": "Seqserve-Shape",
+            "description": "B,T,F of a raw float32 body (application/octet-stream)",
+            "schema": {"type": "string", "pattern": r"^\s*\d+\s*,\s*\d+\s*,\s*\d+\s*$"},
+        },
+        {
+            "in": "header",
+            "name": "Seqserve-Lengths",
+            "description": "l1,...,lB: each sequence's true length in a binary body (default: T)",
+            "schema": {"type": "string", "pattern": r"^\s*\d+(\s*,\s*\d+)*\s*$"},
+        },
+        {
+            "in": "query",
+            "name": "outputs",
+            "description": "what a binary body's answer holds (JSON bodies say it in `outputs`)",
+            "schema": {"type": "string", "pattern": "^(labels|probabilities|logits)(,(labels|probabilities|logits))*$"},
+        },
+    ),
+)
 def predict(name: str, version: str | None = None) -> Response:
     body = read_body()  # first: an unread body would cost the client its keep-alive connection on a 404
     model = admitted(resolve_model(name, version))

@@ -24,6 +24,17 @@ from service.http import (
     resolve_model,
     resources,
 )
+from service.openapi import BINARY, Reply, documented, json_reply
+from service.schemas import (
+    InferRequestSchema,
+    TritonConfigDoc,
+    V2InferResponseDoc,
+    V2LiveDoc,
+    V2ModelMetadataDoc,
+    V2ModelReadyDoc,
+    V2ReadyDoc,
+    V2ServerDoc,
+)
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
 codec_errors(bp, lambda exc: BadRequest)  # the protocol answers every unusable request with 400
@@ -32,16 +43,19 @@ _TRITON_TYPES = {"FP32": "TYPE_FP32", "INT64": "TYPE_INT64"}
 
 
 @bp.get("")
+@documented("Server metadata and protocol extensions", {200: json_reply(V2ServerDoc)})
 def server_metadata() -> Response:
     return json_response({"name": "seqserve", "version": metadata.version("seqserve"), "extensions": EXTENSIONS})
 
 
 @bp.get("/health/live")
+@documented("V2 liveness", {200: json_reply(V2LiveDoc)})
 def live() -> Response:
     return json_response({"live": True})
 
 
 @bp.get("/health/ready")
+@documented("V2 readiness (as /ready)", {200: json_reply(V2ReadyDoc), 503: json_reply(V2ReadyDoc, "not ready")})
 def ready() -> Response:
     is_ready, _ = dataplane().readiness()
     return json_response({"ready": is_ready}, 200 if is_ready else 503)
@@ -67,12 +81,18 @@ def _metadata(model: LoadedModel) -> dict[str, Any]:
 
 @bp.get("/models/<name>")
 @bp.get("/models/<name>/versions/<version>")
+@documented("V2 model metadata: inputs, outputs, classes", {200: json_reply(V2ModelMetadataDoc)}, errors=(404, 503))
 def model_metadata(name: str, version: str | None = None) -> Response:
     return json_response(_metadata(resolve_model(name, version)))
 
 
 @bp.get("/models/<name>/ready")
 @bp.get("/models/<name>/versions/<version>/ready")
+@documented(
+    "V2 model readiness",
+    {200: json_reply(V2ModelReadyDoc), 503: json_reply(V2ModelReadyDoc, "no ready version")},
+    errors=(404,),
+)
 def model_ready(name: str, version: str | None = None) -> Response:
     versions = model_versions(name)
     _, number = path_params(name, version)
@@ -86,6 +106,7 @@ def model_ready(name: str, version: str | None = None) -> Response:
 
 @bp.get("/models/<name>/config")
 @bp.get("/models/<name>/versions/<version>/config")
+@documented("Triton's model configuration (for perf_analyzer)", {200: json_reply(TritonConfigDoc)}, errors=(404, 503))
 def model_config(name: str, version: str | None = None) -> Response:
     """Triton's model configuration: batch is an explicit dynamic dimension (max_batch_size 0)."""
     m = resolve_model(name, version).manifest
@@ -109,6 +130,26 @@ def model_config(name: str, version: str | None = None) -> Response:
 
 @bp.post("/models/<name>/infer")
 @bp.post("/models/<name>/versions/<version>/infer")
+@documented(
+    "V2 inference: JSON tensors, or a JSON header followed by binary tensors (binary tensor data extension)",
+    {
+        200: Reply(
+            "outputs: JSON, or a JSON header followed by the binary outputs",
+            {"application/json": V2InferResponseDoc, "application/octet-stream": BINARY},
+            {"Inference-Header-Content-Length": {"description": "bytes of JSON header", "schema": {"type": "integer"}}},
+        )
+    },
+    errors=(404, 503, 504),
+    body={"application/json": InferRequestSchema, "application/octet-stream": BINARY},
+    parameters=(
+        {
+            "in": "header",
+            "name": "Inference-Header-Content-Length",
+            "description": "bytes of JSON header before the binary tensors",
+            "schema": {"type": "integer", "minimum": 1},
+        },
+    ),
+)
 def infer(name: str, version: str | None = None) -> Response:
     body = read_body()  # first: an unread body would cost the client its keep-alive connection on a 404
     model = admitted(resolve_model(name, version))

@@ -9,6 +9,7 @@ Responses are encoded with orjson straight from numpy arrays.
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,7 +141,7 @@ def v1_raw(body: bytes, meta: RawMeta, manifest: Manifest, limits: Limits) -> Pr
     """A little-endian float32 body shaped by `Seqserve-Shape: B,T,F`."""
     fields = _raw_fields(meta, require_shape=True)
     shape = tuple(int(x) for x in fields["shape"].split(","))
-    expected = int(np.prod(shape)) * 4
+    expected = math.prod(shape) * 4  # Python ints: a huge declared shape cannot wrap around
     if len(body) != expected:
         raise CodecError(
             f"body: {len(body)} bytes, but Seqserve-Shape {list(shape)} of float32 needs {expected}", unreadable=True
@@ -163,7 +164,11 @@ def _raw_fields(meta: RawMeta, require_shape: bool) -> dict[str, Any]:
 
 def _v1_array(features: np.ndarray, fields: dict[str, Any], manifest: Manifest, limits: Limits) -> PredictRequest:
     if "lengths" in fields:
-        lengths = np.array([int(x) for x in fields["lengths"].split(",")], dtype=np.int64)
+        values = [int(x) for x in fields["lengths"].split(",")]
+        steps = features.shape[1]
+        if (i := next((i for i, v in enumerate(values) if v > steps), None)) is not None:  # before int64 overflows
+            raise CodecError(f"lengths[{i}]: {values[i]} is outside 1..{steps} (the time dimension)")
+        lengths = np.array(values, dtype=np.int64)
     else:
         lengths = np.full(features.shape[0], features.shape[1], dtype=np.int64)
     check_batch(features, lengths, manifest, limits)
@@ -172,14 +177,27 @@ def _v1_array(features: np.ndarray, fields: dict[str, Any], manifest: Manifest, 
 
 
 def _read_npy(body: bytes) -> np.ndarray:
+    """The `.npy` header is read first and its shape checked against the bytes that follow, so a small body that
+    declares a huge array is refused without allocating it (numpy's `read_array` would allocate first)."""
+    stream = io.BytesIO(body)
     try:
-        array = np.lib.format.read_array(io.BytesIO(body), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+        version = np.lib.format.read_magic(stream)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f".npy format {version[0]}.{version[1]} is not supported (1.0 or 2.0)")
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(stream)
+    except (ValueError, OSError, EOFError, TypeError, SyntaxError) as exc:
         raise CodecError(f"body is not a readable .npy array: {exc}", unreadable=True) from None
-    if array.ndim != 3 or array.dtype.kind != "f":
+    if len(shape) != 3 or dtype.kind != "f":
+        raise CodecError(f"body: expected a 3-D float array [B, T, F], got {dtype} {list(shape)}", unreadable=True)
+    needed, offset = math.prod(shape) * dtype.itemsize, stream.tell()
+    if len(body) - offset != needed:
         raise CodecError(
-            f"body: expected a 3-D float array [B, T, F], got {array.dtype} {list(array.shape)}", unreadable=True
+            f"body: the .npy header declares {dtype} {list(shape)} ({needed} bytes), {len(body) - offset} follow",
+            unreadable=True,
         )
+    array = np.frombuffer(body, dtype=dtype, count=math.prod(shape), offset=offset)
+    array = array.reshape(shape, order="F" if fortran_order else "C")
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
@@ -365,7 +383,7 @@ def _v2_inputs(requested: list[dict[str, Any]], binary: bytes, manifest: Manifes
             raise CodecError(f"input {name!r} appears twice")
         shape = _v2_shape(item, spec)
         dtype = V2_DTYPES[spec.datatype]
-        count = int(np.prod(shape))
+        count = math.prod(shape)  # Python ints: a huge declared shape cannot wrap around to a small size
         size = item["parameters"].get("binary_data_size")
         if size is not None:
             if size != count * dtype.itemsize:

@@ -101,6 +101,14 @@ class ModelVersion:
         }
 
 
+def relative(message: str, root: Path) -> str:
+    """A message for clients: paths inside the repository relative to it (`lstm_step/1/model.onnx`), and no
+    trace of where the repository is on the server."""
+    for prefix in dict.fromkeys((str(root.resolve()), str(root.absolute()))):
+        message = message.replace(prefix + "/", "").replace(prefix, "<repository>")
+    return message
+
+
 class DataPlane:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
@@ -152,7 +160,7 @@ class DataPlane:
                     self._scan_error = ""
                 except Exception as exc:  # a bad scan must not kill the watcher; the next one may succeed
                     log.exception("repository scan failed")
-                    self._scan_error = f"repository scan failed: {type(exc).__name__}: {exc}"
+                    self._scan_error = relative(f"repository scan failed: {type(exc).__name__}: {exc}", self.root)
                     self._first_scan.set()
             intervals = [i for i in (poll, control if self.control else 0.0) if i > 0]
             if not intervals:  # nothing to watch: the first scan was all
@@ -213,7 +221,7 @@ class DataPlane:
         try:
             loaded = self._open(version.entry)
         except (LoadError, ManifestError, OSError, RuntimeError, ValueError) as exc:  # onnxruntime: RuntimeError
-            version.state, version.reason = State.FAILED, str(exc)
+            version.state, version.reason = State.FAILED, relative(str(exc), self.root)  # the log keeps the path
             log.error("model %s failed to load: %s", version.key, exc)
             return
         version.loaded, version.state = loaded, State.READY  # last: a version becomes servable only once complete
@@ -348,9 +356,9 @@ class DataPlane:
         elif not self._first_scan.is_set():
             problems.append("model repository not scanned yet")
         elif not self.root.is_dir():
-            problems.append(f"model repository {str(self.root)!r} does not exist")
+            problems.append("the model repository (SEQSERVE_MODEL_REPOSITORY) does not exist")
         elif not states:
-            problems.append(f"model repository {str(self.root)!r} holds no model versions")
+            problems.append("the model repository (SEQSERVE_MODEL_REPOSITORY) holds no model versions")
         for name, model_states in sorted(states.items()) if self._first_scan.is_set() else ():
             if self.settings.strict_readiness and any(s is not State.READY for s in model_states):
                 problems.append(f"model {name!r}: not every version is ready (strict readiness)")

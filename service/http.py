@@ -87,8 +87,16 @@ def model_versions(name: str) -> list[ModelVersion]:
 
 
 def read_body() -> bytes:
+    """The body, at most `MAX_CONTENT_LENGTH` bytes before and after gunzip. Werkzeug refuses a larger
+    Content-Length, but passes a chunked body (no Content-Length) through unbounded: hence the bounded read."""
     limit = current_app.config["MAX_CONTENT_LENGTH"]
-    return decompress(request.get_data(cache=False), request.headers.get("Content-Encoding"), limit)
+    parts, size = [], 0
+    while chunk := request.stream.read(min(1 << 20, limit + 1 - size)):
+        parts.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+    return decompress(b"".join(parts), request.headers.get("Content-Encoding"), limit)
 
 
 def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
@@ -121,6 +129,11 @@ def v1_status(exc: CodecError) -> type[ServiceError]:
     return BadRequest if exc.unreadable else InvalidInput
 
 
+def error_flavour(path: str) -> str:
+    """Which error envelope a path answers with (the OpenAPI document asks the same question)."""
+    return "v2" if path == "/v2" or path.startswith("/v2/") else "v1"
+
+
 def handle_error(exc: Exception) -> Response:
     if isinstance(exc, ServiceError):
         status, code, message, details, headers = exc.status, exc.code, exc.message, exc.details, exc.headers
@@ -140,7 +153,7 @@ def handle_error(exc: Exception) -> Response:
     else:
         log.error("unhandled error", exc_info=exc, extra={"request_id": g.get("request_id")})
         status, code, message, details, headers = 500, "internal_error", "internal error", None, {}
-    if request.path.startswith("/v2"):
+    if error_flavour(request.path) == "v2":
         body: dict[str, Any] = {"error": message}
     else:
         body = {"error": {"code": code, "message": message, "details": details, "request_id": g.get("request_id")}}

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import chain
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from marshmallow import RAISE, Schema, ValidationError, fields, missing, validate, validates_schema
@@ -23,6 +23,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, missing, validat
 from modelrepo.layout import NAME_PATTERN
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+MAX_TENSOR_DEPTH = 32  # numpy allows 64 dimensions; our models take at most 3
 OUTPUTS = ("labels", "probabilities", "logits")
 V2_DATATYPES = (
     "BOOL",
@@ -243,6 +244,8 @@ def _locate_flat(value: list[Any]) -> str:
         nonlocal depth
         for i, x in enumerate(items):
             here = (*path, i)
+            if len(here) > MAX_TENSOR_DEPTH:  # bounded: a deeply nested body must not exhaust the stack
+                return f"data{''.join(f'[{p}]' for p in here)}: nested deeper than {MAX_TENSOR_DEPTH} levels"
             if isinstance(x, list):
                 if (found := walk(x, here)) is not None:
                     return found
@@ -319,31 +322,28 @@ def inspect_schema(feature_names: tuple[str, ...], max_timesteps: int) -> Schema
     )(unknown=RAISE)
 
 
+class TimestepDoc(fields.Raw):
+    """For the OpenAPI document: a timestep is a list of numbers, or an object of numbers keyed by feature name."""
+
+    JSON_SCHEMA: ClassVar[dict[str, Any]] = {
+        "oneOf": [
+            {"type": "array", "items": {"type": "number"}},
+            {"type": "object", "additionalProperties": {"type": "number"}},
+        ]
+    }
+
+
 class PredictRequestDoc(StrictSchema):
     """For the OpenAPI document only: the per-model schema above is built at load time."""
 
     sequences = fields.List(
-        fields.List(fields.List(fields.Float())),
+        fields.List(TimestepDoc(), validate=validate.Length(min=1)),
         required=True,
+        validate=validate.Length(min=1),
         metadata={"description": "sequences x timesteps x features; a timestep may be an object keyed by name"},
     )
-    outputs = fields.List(fields.String(validate=validate.OneOf(OUTPUTS)))
-    id = fields.String()
-
-
-class PredictionDoc(Schema):
-    labels = fields.List(fields.String(), metadata={"description": "per timestep (per_timestep head)"})
-    label = fields.String(metadata={"description": "one per sequence (last head)"})
-    probabilities = fields.List(fields.Raw())
-    logits = fields.List(fields.Raw())
-
-
-class PredictResponseDoc(Schema):
-    model_name = fields.String()
-    model_version = fields.String()
-    id = fields.String()
-    classes = fields.List(fields.String())
-    predictions = fields.List(fields.Nested(PredictionDoc))
+    outputs = fields.List(fields.String(validate=validate.OneOf(OUTPUTS)), validate=validate.Length(min=1))
+    id = fields.String(validate=validate.Length(max=128))
 
 
 class InspectRequestDoc(StrictSchema):
@@ -479,6 +479,175 @@ def quick_load(schema: Schema, data: Any) -> dict[str, Any] | None:
     except ValidationError:
         return None
     return loaded
+
+
+# --------------------------------------------------------------------------------------- documentation
+# What the endpoints answer, for the OpenAPI document (service/openapi.py) only: the fuzz tests check every response
+# against these, so a field added to an answer must be added here. Strict (unknown = RAISE): no undocumented field.
+
+
+class ErrorBodyDoc(StrictSchema):
+    code = fields.String(required=True, metadata={"example": "invalid_input"})
+    message = fields.String(required=True, metadata={"example": "sequences[3][17]: expected 6 features, got 5"})
+    details = fields.Raw(required=True, allow_none=True, metadata={"description": "marshmallow's nested error dict"})
+    request_id = fields.String(required=True, allow_none=True)
+
+
+class ErrorDoc(StrictSchema):
+    """Our API's error envelope (every path outside /v2)."""
+
+    error = fields.Nested(ErrorBodyDoc, required=True)
+
+
+class V2ErrorDoc(StrictSchema):
+    """The Open Inference Protocol's error envelope (every path under /v2)."""
+
+    error = fields.String(required=True)
+
+
+class HealthDoc(StrictSchema):
+    status = fields.String(required=True, validate=validate.OneOf(["alive"]))
+
+
+class VersionStateDoc(StrictSchema):
+    version = fields.Integer(required=True)
+    state = fields.String(required=True, validate=validate.OneOf(["loading", "ready", "failed"]))
+    reason = fields.String(required=True, allow_none=True, metadata={"description": "why it is not ready"})
+    provider = fields.String(required=True, allow_none=True)
+
+
+class WorkersDoc(StrictSchema):
+    ready = fields.Integer(required=True)
+    expected = fields.Integer(required=True)
+
+
+class ReadyDoc(StrictSchema):
+    ready = fields.Boolean(required=True)
+    problems = fields.List(fields.String(), required=True)
+    models = fields.Dict(keys=fields.String(), values=fields.List(fields.Nested(VersionStateDoc)), required=True)
+    workers = fields.Nested(WorkersDoc)
+
+
+class BatchingDoc(StrictSchema):
+    enabled = fields.Boolean(required=True)
+    max_sequences = fields.Integer(required=True)
+    max_cells = fields.Integer(required=True)
+    max_queue_delay_ms = fields.Float(required=True)
+    max_queue = fields.Integer(required=True)
+
+
+class VersionDoc(VersionStateDoc):
+    """A version as `/v1/models` describes it; the model's fields are there once it is ready."""
+
+    classes = fields.List(fields.String())
+    feature_names = fields.List(fields.String())
+    input_dim = fields.Integer()
+    head = fields.String(validate=validate.OneOf(["per_timestep", "last"]))
+    cell = fields.String(validate=validate.OneOf(["rnn", "gru", "lstm"]))
+    hidden_size = fields.Integer()
+    layers = fields.Integer()
+    bidirectional = fields.Boolean()
+    metrics = fields.Dict()
+    batching = fields.Nested(BatchingDoc)
+    created = fields.String(allow_none=True)
+
+
+class ModelDoc(StrictSchema):
+    name = fields.String(required=True)
+    versions = fields.List(fields.Nested(VersionDoc), required=True)
+
+
+class ModelListDoc(StrictSchema):
+    models = fields.List(fields.Nested(ModelDoc), required=True)
+
+
+class PredictionDoc(StrictSchema):
+    labels = fields.List(fields.String(), metadata={"description": "per timestep (per_timestep head)"})
+    label = fields.String(metadata={"description": "one per sequence (last head)"})
+    probabilities = fields.List(fields.Raw(), metadata={"description": "[T][C] (per_timestep head) or [C]"})
+    logits = fields.List(fields.Raw())
+
+
+class PredictResponseDoc(StrictSchema):
+    model_name = fields.String(required=True)
+    model_version = fields.String(required=True)
+    id = fields.String()
+    classes = fields.List(fields.String(), required=True)
+    predictions = fields.List(fields.Nested(PredictionDoc), required=True)
+
+
+class V2ServerDoc(StrictSchema):
+    name = fields.String(required=True)
+    version = fields.String(required=True)
+    extensions = fields.List(fields.String(), required=True)
+
+
+class V2LiveDoc(StrictSchema):
+    live = fields.Boolean(required=True)
+
+
+class V2ReadyDoc(StrictSchema):
+    ready = fields.Boolean(required=True)
+
+
+class V2ModelReadyDoc(StrictSchema):
+    name = fields.String(required=True)
+    ready = fields.Boolean(required=True)
+
+
+class V2TensorMetadataDoc(StrictSchema):
+    name = fields.String(required=True)
+    datatype = fields.String(required=True)
+    shape = fields.List(fields.Integer(), required=True, metadata={"description": "-1: a dynamic axis"})
+
+
+class V2ModelParametersDoc(StrictSchema):
+    classes = fields.List(fields.String(), required=True)
+    feature_names = fields.List(fields.String(), required=True)
+    head = fields.String(required=True)
+    provider = fields.String(required=True)
+    optional_inputs = fields.List(fields.String(), required=True)
+
+
+class V2ModelMetadataDoc(StrictSchema):
+    name = fields.String(required=True)
+    versions = fields.List(fields.String(), required=True)
+    platform = fields.String(required=True)
+    inputs = fields.List(fields.Nested(V2TensorMetadataDoc), required=True)
+    outputs = fields.List(fields.Nested(V2TensorMetadataDoc), required=True)
+    parameters = fields.Nested(V2ModelParametersDoc, required=True)
+
+
+class TritonTensorDoc(StrictSchema):
+    name = fields.String(required=True)
+    data_type = fields.String(required=True)
+    dims = fields.List(fields.Integer(), required=True)
+    optional = fields.Boolean()
+
+
+class TritonConfigDoc(StrictSchema):
+    name = fields.String(required=True)
+    platform = fields.String(required=True)
+    backend = fields.String(required=True)
+    max_batch_size = fields.Integer(required=True)
+    input = fields.List(fields.Nested(TritonTensorDoc), required=True)
+    output = fields.List(fields.Nested(TritonTensorDoc), required=True)
+    version_policy = fields.Dict(required=True)
+
+
+class V2OutputTensorDoc(StrictSchema):
+    name = fields.String(required=True)
+    datatype = fields.String(required=True)
+    shape = fields.List(fields.Integer(), required=True)
+    parameters = fields.Dict(metadata={"description": "binary_data_size when the tensor follows the JSON header"})
+    data = fields.List(fields.Raw(), metadata={"description": "row-major, flattened"})
+
+
+class V2InferResponseDoc(StrictSchema):
+    model_name = fields.String(required=True)
+    model_version = fields.String(required=True)
+    id = fields.String()
+    outputs = fields.List(fields.Nested(V2OutputTensorDoc), required=True)
 
 
 # ------------------------------------------------------------------------------------------------ errors

@@ -5,6 +5,10 @@ Every field maps to one variable: `max_sequences` <- `SEQSERVE_MAX_SEQUENCES`. `
 `threads`, `timeout`, `graceful_timeout` and `keepalive` are gunicorn's: gunicorn.conf.py reads them from here, so
 each default lives in this file only, and the app knows the worker count to split the CPU threads between them.
 This module imports nothing but the standard library (the gunicorn master imports it).
+
+Secrets (`secret()` fields: the admin token, the state key) are kept out of `repr` (so a logged `Settings` shows
+none), masked by `public()`, and never echoed by an error message about their value. tests/security checks that
+every setting named like a secret is declared with `secret()` and that a running server logs none of them.
 """
 
 from __future__ import annotations
@@ -18,6 +22,14 @@ PREFIX = "SEQSERVE_"
 PROVIDERS = ("auto", "cpu", "cuda")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+
+
+SECRET = "secret"
+
+
+def secret() -> Any:
+    """A setting never shown: not in `repr`, masked by `Settings.public()`, not echoed in error messages."""
+    return field(default="", repr=False, metadata={SECRET: True})
 
 
 @dataclass(frozen=True)
@@ -46,8 +58,7 @@ class Settings:
     poll_interval: float = 0.0  # seconds between repository scans; 0: load once at start
     strict_readiness: bool = False  # ready only when every version is; default: every model has a ready version
     state_dir: str = ""  # shared by the workers of one server (gunicorn.conf.py sets it): readiness across workers
-    # model repository API (service/api_repository.py): off unless a token is set; never printed (repr=False)
-    admin_token: str = field(default="", repr=False)
+    # model repository API (service/api_repository.py): off unless SEQSERVE_ADMIN_TOKEN (below) is set
     control_interval: float = 0.2  # seconds between a worker's looks at the desired model state (with a token)
     admin_timeout: float = 50.0  # a load/unload answers within this, applied by every worker or not
     # request limits
@@ -63,10 +74,12 @@ class Settings:
     batch_max_queue: int = 256  # pending requests beyond which the answer is 503 + Retry-After
     batch_timeout: float = 30.0
     # streams (service/streams.py): v1 state tokens and V2 sequences
-    state_key: str = field(default="", repr=False)  # HMAC key of state tokens; "": random per server (warned)
     state_ttl: float = 86_400.0  # seconds a state token stays valid
     sequence_store: str = ""  # "": SQLite in the state folder (one server); redis://host:port/db: shared by replicas
     sequence_idle_s: float = 60.0  # a V2 sequence idle this long expires (Triton's max_sequence_idle_microseconds)
+    # secrets: never in repr, logs or error messages
+    admin_token: str = secret()  # SEQSERVE_ADMIN_TOKEN: the model repository API takes `Authorization: Bearer` it
+    state_key: str = secret()  # SEQSERVE_STATE_KEY: signs stream-state tokens; "": random per server (warned)
     # process
     log_level: str = "INFO"
     log_requests: bool = True
@@ -92,6 +105,18 @@ class Settings:
         for name in ("state_ttl", "sequence_idle_s", "control_interval", "admin_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"SEQSERVE_{name.upper()} must be > 0, got {getattr(self, name)}")
+
+    @classmethod
+    def secret_names(cls) -> list[str]:
+        return [f.name for f in fields(cls) if f.metadata.get(SECRET)]
+
+    def public(self) -> dict[str, Any]:
+        """Every setting, secrets masked (`***` when set): what may be logged or shown."""
+        hidden = set(self.secret_names())
+        return {
+            f.name: ("***" if getattr(self, f.name) else "") if f.name in hidden else getattr(self, f.name)
+            for f in fields(self)
+        }
 
     def batch_policy(self) -> BatchPolicy:
         return BatchPolicy(
@@ -129,10 +154,12 @@ class Settings:
         values = {k.lower(): v for k, v in values.items()}
         if unknown := sorted(set(values) - set(known)):
             raise ValueError(f"unknown settings {['SEQSERVE_' + k.upper() for k in unknown]}")
-        return cls(**{k: _convert(k, str(known[k].type), v) for k, v in values.items()})
+        return cls(
+            **{k: _convert(k, str(known[k].type), v, known[k].metadata.get(SECRET, False)) for k, v in values.items()}
+        )
 
 
-def _convert(name: str, kind: str, value: Any) -> Any:
+def _convert(name: str, kind: str, value: Any, hidden: bool = False) -> Any:
     text = str(value).strip()
     try:
         if kind == "bool":
@@ -144,5 +171,6 @@ def _convert(name: str, kind: str, value: Any) -> Any:
         if kind == "float":
             return float(text)
     except ValueError:
-        raise ValueError(f"SEQSERVE_{name.upper()}: cannot read {value!r} as {kind}") from None
+        shown = "its value" if hidden else repr(value)
+        raise ValueError(f"SEQSERVE_{name.upper()}: cannot read {shown} as {kind}") from None
     return text
