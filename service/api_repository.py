@@ -36,6 +36,7 @@ from service import codecs
 from service.control import Ack, ControlFolder, Desired, Policy
 from service.errors import BadRequest, NotFound, NotReady, ServiceError, Timeout
 from service.http import codec_errors, dataplane, json_response, path_params, read_body, settings
+from service.openapi import Reply, documented, json_reply
 
 bp = Blueprint("repository", __name__, url_prefix="/v2/repository")
 codec_errors(bp, lambda exc: BadRequest)
@@ -78,8 +79,26 @@ class UnloadRequest(Schema):
     parameters = fields.Nested(UnloadParameters)
 
 
+ADMIN_ERRORS = (401, 403)  # the API is off (403) unless SEQSERVE_ADMIN_TOKEN is set; then a Bearer token (401)
+EMPTY = Reply("done (empty body)", {"text/plain": {"type": "string", "maxLength": 0}})
+INDEX = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "version": {"type": "string"},
+            "state": {"type": "string"},
+            "reason": {"type": "string"},
+        },
+    },
+}
+
+
 @bp.before_request
 def authorize() -> None:
+    if request.method == "OPTIONS":  # says which methods a route takes, changes nothing: as on every other route
+        return
     token = settings().admin_token
     if not token:
         raise Forbidden("the model repository API is off: set SEQSERVE_ADMIN_TOKEN on the server to turn it on")
@@ -89,6 +108,12 @@ def authorize() -> None:
 
 
 @bp.post("/index")
+@documented(
+    "Triton's repository index: every model version in the repository, with its state and reason",
+    {200: json_reply(INDEX, "the index")},
+    errors=ADMIN_ERRORS,
+    body={"application/json": IndexRequest},
+)
 def index() -> Response:
     ready_only = _body(IndexRequest()).get("ready", False)
     entries = repository_index(_control().read())
@@ -96,6 +121,12 @@ def index() -> Response:
 
 
 @bp.post("/models/<name>/load")
+@documented(
+    "Load a model (all versions, or those of a version_policy in parameters.config) in every worker",
+    {200: EMPTY},
+    errors=(*ADMIN_ERRORS, 504),
+    body={"application/json": LoadRequest},
+)
 def load(name: str) -> Response:
     name, _ = path_params(name)
     parameters = _body(LoadRequest()).get("parameters", {})
@@ -115,6 +146,12 @@ def load(name: str) -> Response:
 
 
 @bp.post("/models/<name>/unload")
+@documented(
+    "Unload a model (or some of its versions: parameters.versions) in every worker; requests in flight finish",
+    {200: EMPTY},
+    errors=(*ADMIN_ERRORS, 404, 504),
+    body={"application/json": UnloadRequest},
+)
 def unload(name: str) -> Response:
     name, _ = path_params(name)
     versions = _body(UnloadRequest()).get("parameters", {}).get("versions")

@@ -25,10 +25,38 @@ from service.http import (
     v1_status,
 )
 from service.openapi import BINARY, documented, json_reply
-from service.schemas import ModelDoc, ModelListDoc, PredictRequestDoc, PredictResponseDoc
+from service.schemas import (
+    ModelDoc,
+    ModelListDoc,
+    PredictRequestDoc,
+    PredictResponseDoc,
+    StreamRequestDoc,
+    StreamResponseDoc,
+)
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
 codec_errors(bp, v1_status)
+# The headers and query argument of a raw float32 body (predict and stream).
+PREDICT_PARAMETERS = (
+    {
+        "in": "header",
+        "name": "Seqserve-Shape",
+        "description": "B,T,F of a raw float32 body (application/octet-stream)",
+        "schema": {"type": "string", "pattern": r"^\s*\d+\s*,\s*\d+\s*,\s*\d+\s*$"},
+    },
+    {
+        "in": "header",
+        "name": "Seqserve-Lengths",
+        "description": "l1,...,lB: each sequence's true length in a binary body (default: T)",
+        "schema": {"type": "string", "pattern": r"^\s*\d+(\s*,\s*\d+)*\s*$"},
+    },
+    {
+        "in": "query",
+        "name": "outputs",
+        "description": "what a binary body's answer holds (JSON bodies say it in `outputs`)",
+        "schema": {"type": "string", "pattern": "^(labels|probabilities|logits)(,(labels|probabilities|logits))*$"},
+    },
+)
 
 
 def describe(version: ModelVersion) -> dict[str, Any]:
@@ -77,26 +105,7 @@ def get_model(name: str) -> Response:
         "application/octet-stream": {**BINARY, "description": "little-endian float32 [B,T,F] (Seqserve-Shape)"},
         "application/x-npy": {**BINARY, "description": "a .npy file of a float array [B,T,F]"},
     },
-    parameters=(
-        {
-            "in": "header",
-            "name": "Seqserve-Shape",
-            "description": "B,T,F of a raw float32 body (application/octet-stream)",
-            "schema": {"type": "string", "pattern": r"^\s*\d+\s*,\s*\d+\s*,\s*\d+\s*$"},
-        },
-        {
-            "in": "header",
-            "name": "Seqserve-Lengths",
-            "description": "l1,...,lB: each sequence's true length in a binary body (default: T)",
-            "schema": {"type": "string", "pattern": r"^\s*\d+(\s*,\s*\d+)*\s*$"},
-        },
-        {
-            "in": "query",
-            "name": "outputs",
-            "description": "what a binary body's answer holds (JSON bodies say it in `outputs`)",
-            "schema": {"type": "string", "pattern": "^(labels|probabilities|logits)(,(labels|probabilities|logits))*$"},
-        },
-    ),
+    parameters=PREDICT_PARAMETERS,
 )
 def predict(name: str, version: str | None = None) -> Response:
     body = read_body()  # first: an unread body would cost the client its keep-alive connection on a 404
@@ -108,6 +117,25 @@ def predict(name: str, version: str | None = None) -> Response:
 
 @bp.post("/models/<name>/stream")
 @bp.post("/models/<name>/versions/<version>/stream")
+@documented(
+    "New timesteps of a live sequence, from the state of the previous answer's token (unidirectional models)",
+    {200: json_reply(StreamResponseDoc, "this request's answers, the next state token and the step count")},
+    errors=(404, 409, 415, 422, 503, 504),
+    body={
+        "application/json": StreamRequestDoc,
+        "application/octet-stream": {**BINARY, "description": "little-endian float32 [1,T,F] (Seqserve-Shape)"},
+        "application/x-npy": {**BINARY, "description": "a .npy file of a float array [1,T,F]"},
+    },
+    parameters=(
+        {
+            "in": "header",
+            "name": "Seqserve-State",
+            "description": "the previous answer's state token, with a binary body (JSON bodies carry it in `state`)",
+            "schema": {"type": "string"},
+        },
+        *PREDICT_PARAMETERS,
+    ),
+)
 def stream(name: str, version: str | None = None) -> Response:
     """New timesteps of a live sequence, with the state token of the previous answer (service/streams.py)."""
     body = read_body()

@@ -139,7 +139,7 @@ def model_config(name: str, version: str | None = None) -> Response:
             {"Inference-Header-Content-Length": {"description": "bytes of JSON header", "schema": {"type": "integer"}}},
         )
     },
-    errors=(404, 503, 504),
+    errors=(404, 409, 503, 504),  # 409: a sequence request whose sequence moved on, or whose version is gone
     body={"application/json": InferRequestSchema, "application/octet-stream": BINARY},
     parameters=(
         {

@@ -27,8 +27,10 @@ from modelrepo.manifest import Manifest
 from service.dataplane import DataPlane, ModelVersion
 from service.errors import NotFound, NotReady
 from service.http import dataplane
+from service.openapi import Reply, documented
 
 bp = Blueprint("home", __name__, static_folder="static", static_url_path="/static", template_folder="templates")
+HTML = Reply("the page", {"text/html": {"type": "string"}})
 EXAMPLES = (
     ("walking.csv", "Walking (held-out recording 23)"),
     ("badminton.csv", "Badminton (held-out recording 75)"),
@@ -37,6 +39,7 @@ EXAMPLES = (
 
 
 @bp.get("/")
+@documented("The home page (HTML): models, versions, manifests and the inspection playground", {200: HTML})
 def index() -> str:
     """The home page (HTML): models, versions and manifests, and the inspection playground."""
     models = catalogue(dataplane())
@@ -45,6 +48,11 @@ def index() -> str:
 
 
 @bp.get("/vendor/plotly.min.js")
+@documented(
+    "Plotly.js, served from the installed plotly package (no CDN)",
+    {200: Reply("the script", {"text/javascript": {"type": "string"}})},
+    errors=(404,),
+)
 def plotly_js() -> Response:
     """Plotly.js, from the installed `plotly` package (the version its wheel pins)."""
     return send_from_directory(plotly_folder(), "plotly.min.js", max_age=86_400)

@@ -29,7 +29,8 @@ from service.dataplane import LoadedModel
 from service.errors import InvalidInput, ServiceError, UnsupportedMediaType
 from service.http import codec_errors, json_response, read_body, resolve_model, v1_status
 from service.inspection import DEFAULT_MAX_TIMESTEPS, InspectionMismatch, Inspector, InvalidSequence, UnsupportedGraph
-from service.schemas import inspect_schema
+from service.openapi import documented, json_reply
+from service.schemas import InspectRequestDoc, InspectResponseDoc, inspect_schema
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,12 @@ def init_app(app: Flask, settings: Settings, root: Path) -> None:
 
 @bp.post("/models/<name>/inspect")
 @bp.post("/models/<name>/versions/<version>/inspect")
+@documented(
+    "Inside the model for one sequence: gates and states per layer and direction, memory matrix and horizon",
+    {200: json_reply(InspectResponseDoc, "the inspection")},
+    errors=(404, 415, 422, 500, 503),
+    body={"application/json": InspectRequestDoc},
+)
 def inspect(name: str, version: str | None = None) -> Response:
     """Inside the model for one sequence: per-timestep classes and probabilities, every gate and state per layer
     and direction, the memory matrix (occlusion) and the horizon; the newest ready version unless one is named."""

@@ -136,7 +136,13 @@ FLASK_ENDPOINTS: dict[str, Operation] = {
         {200: Reply("the file", {"*/*": BINARY})},
         errors=(404,),
         path={"filename": {"type": "string", "pattern": r"^[A-Za-z0-9._-]+$"}},
-    )
+    ),
+    "home.static": Operation(
+        "The home page's own files: its script, style sheet and the bundled example recordings",
+        {200: Reply("the file", {"*/*": BINARY})},
+        errors=(404,),
+        path={"filename": {"type": "string", "pattern": r"^[A-Za-z0-9._/-]+$"}},
+    ),
 }
 
 

@@ -350,8 +350,9 @@ class InspectRequestDoc(StrictSchema):
     """For the OpenAPI document only: `inspect_schema` is built per model."""
 
     sequence = fields.List(
-        fields.List(fields.Float()),
+        TimestepDoc(),
         required=True,
+        validate=validate.Length(min=1),
         metadata={"description": "timesteps x features of one sequence; a timestep may be an object keyed by name"},
     )
     id = fields.String()
@@ -568,6 +569,32 @@ class PredictionDoc(StrictSchema):
     logits = fields.List(fields.Raw())
 
 
+class StreamRequestDoc(StrictSchema):
+    """For the OpenAPI document only: `stream_schema` is built per model."""
+
+    timesteps = fields.List(
+        TimestepDoc(),
+        required=True,
+        validate=validate.Length(min=1),
+        metadata={"description": "this request's new timesteps; a timestep may be an object keyed by name"},
+    )
+    state = fields.String(allow_none=True, metadata={"description": "the previous answer's token; null: a new stream"})
+    outputs = fields.List(fields.String(validate=validate.OneOf(OUTPUTS)), validate=validate.Length(min=1))
+    id = fields.String(validate=validate.Length(max=128))
+
+
+class StreamResponseDoc(StrictSchema):
+    model_name = fields.String(required=True)
+    model_version = fields.String(required=True)
+    labels = fields.List(fields.String(), metadata={"description": "one per new timestep (per_timestep head)"})
+    label = fields.String(metadata={"description": "the sequence so far, at its newest timestep (last head)"})
+    probabilities = fields.List(fields.Raw(), metadata={"description": "[T][C] (per_timestep head) or [C]"})
+    logits = fields.List(fields.Raw())
+    state = fields.String(required=True, metadata={"description": "the token to send with the next timesteps"})
+    steps = fields.Integer(required=True, metadata={"description": "timesteps the stream has seen"})
+    id = fields.String()
+
+
 class PredictResponseDoc(StrictSchema):
     model_name = fields.String(required=True)
     model_version = fields.String(required=True)
@@ -647,6 +674,7 @@ class V2InferResponseDoc(StrictSchema):
     model_name = fields.String(required=True)
     model_version = fields.String(required=True)
     id = fields.String()
+    parameters = fields.Dict(metadata={"description": "sequence requests: sequence_id, sequence_steps"})
     outputs = fields.List(fields.Nested(V2OutputTensorDoc), required=True)
 
 

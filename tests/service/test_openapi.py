@@ -103,7 +103,7 @@ def test_statuses_bodies_and_headers_of_the_inference_routes(app):
     predict = paths["/v1/models/{name}/versions/{version}/predict"]["post"]
     infer = paths["/v2/models/{name}/infer"]["post"]
     assert sorted(predict["responses"]) == ["200", "400", "404", "405", "413", "415", "422", "503", "504"]
-    assert sorted(infer["responses"]) == ["200", "400", "404", "405", "413", "503", "504"]
+    assert sorted(infer["responses"]) == ["200", "400", "404", "405", "409", "413", "503", "504"]  # 409: sequences
     assert sorted(predict["requestBody"]["content"]) == [
         "application/json",
         "application/octet-stream",
