@@ -9,9 +9,7 @@ exporter would (a hidden folder renamed into place).
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,8 +20,8 @@ import orjson
 import pytest
 
 from bench.traffic import Outcome, Request
-from tests.conftest import REPO_ROOT, SHARED_MODELS, train
-from tests.service.conftest import GUNICORN, Server, start_server, wait_for
+from tests.conftest import SHARED_MODELS, train
+from tests.service.conftest import Server, spawn_server, start_server, wait_for
 
 __all__ = ["Server", "start_server", "wait_for"]
 T = TypeVar("T")
@@ -78,19 +76,7 @@ def reference(versions_repository: Path) -> dict[str, np.ndarray]:
 
 def spawn_replica(repository: Path, log: Path, host: str, port: int, **settings: Any) -> Server:
     """A server like `start_server`'s on another loopback address, not waited for (replicas start side by side)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SEQSERVE_", "PROMETHEUS_MULTIPROC_DIR"))}
-    env |= {"SEQSERVE_MODEL_REPOSITORY": str(repository), "SEQSERVE_BIND": f"{host}:{port}", "SEQSERVE_WORKERS": "1"}
-    env |= {f"SEQSERVE_{k.upper()}": str(v) for k, v in settings.items()}
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [GUNICORN, "--config", "gunicorn.conf.py", "service:create_app()"],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    return Server(f"http://{host}:{port}", process, log)
+    return spawn_server(repository, log, host, port, **{"workers": 1, **settings})
 
 
 def serving_repository(versions_repository: Path, target: Path, versions: tuple[int, ...] = (1,)) -> Path:

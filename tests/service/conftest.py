@@ -73,18 +73,20 @@ class Server:
 
 
 def start_server(repository: Path, log: Path, wait_ready: bool = True, **settings: Any) -> Server:
-    """`gunicorn --config gunicorn.conf.py service:create_app()` with SEQSERVE_* settings, on a free port."""
-    port = free_port()
+    """`gunicorn --config gunicorn.conf.py service:create_app()` with SEQSERVE_* settings, on a free port, waited
+    for (`/ready`, or `/health` when not `wait_ready`)."""
+    settings = {"workers": 2, "threads": 8, **settings}
+    server = spawn_server(repository, log, "127.0.0.1", free_port(), **settings)
+    wait_for(server, "/ready" if wait_ready else "/health")
+    return server
+
+
+def spawn_server(repository: Path, log: Path, host: str, port: int, **settings: Any) -> Server:
+    """The server process alone, not waited for: SEQSERVE_* settings on top of a clean environment (the test
+    run's own SEQSERVE_* and Prometheus variables stay out)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SEQSERVE_", "PROMETHEUS_MULTIPROC_DIR"))}
-    env.update(
-        {
-            "SEQSERVE_MODEL_REPOSITORY": str(repository),
-            "SEQSERVE_BIND": f"127.0.0.1:{port}",
-            "SEQSERVE_WORKERS": "2",
-            "SEQSERVE_THREADS": "8",
-        }
-    )
-    env.update({f"SEQSERVE_{k.upper()}": str(v) for k, v in settings.items()})
+    env |= {"SEQSERVE_MODEL_REPOSITORY": str(repository), "SEQSERVE_BIND": f"{host}:{port}"}
+    env |= {f"SEQSERVE_{k.upper()}": str(v) for k, v in settings.items()}
     with log.open("wb") as out:
         process = subprocess.Popen(
             [GUNICORN, "--config", "gunicorn.conf.py", "service:create_app()"],
@@ -94,9 +96,7 @@ def start_server(repository: Path, log: Path, wait_ready: bool = True, **setting
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    server = Server(f"http://127.0.0.1:{port}", process, log)
-    wait_for(server, "/ready" if wait_ready else "/health")
-    return server
+    return Server(f"http://{host}:{port}", process, log)
 
 
 def wait_for(server: Server, path: str, timeout: float = 60.0) -> None:

@@ -23,7 +23,8 @@ import pytest
 from service.errors import Conflict, ServiceError
 from tests.service.conftest import InProcess, Server, build_app, start_server
 
-LIMITS = {"max_body_bytes": 200_000, "max_sequences": 8, "max_timesteps": 50}
+# The model repository API is on (a token), so that a request without it shows its 401.
+LIMITS = {"max_body_bytes": 200_000, "max_sequences": 8, "max_timesteps": 50, "admin_token": "error-table-token-0123"}
 STEP = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
 PREDICT = "/v1/models/lstm_step/predict"
 INFER = "/v2/models/lstm_step/infer"
@@ -390,6 +391,9 @@ V2_CASES += [
 ]
 
 
+V2_CASES += [
+    Case("v2-repository-no-token", 401, "needs the header 'Authorization: Bearer", {}, "/v2/repository/index"),
+]
 CASES = V1_CASES + V2_CASES
 # One row of each status and body kind, for each API, sent again through gunicorn.
 THROUGH_GUNICORN = {
@@ -452,9 +456,10 @@ def test_table_covers_every_client_error_of_each_api() -> None:
     """A new 4xx error class, or one an API stops producing, shows up here: every status the service defines has a
     row for each API that can answer it. The V2 protocol answers unusable content with 400 (no 422) and reads
     every body as its own JSON or binary framing (no 415). 409 needs a sequence another request moved on: the
-    streaming tests cover it."""
-    statuses = set(client_errors()) - {Conflict.status}
-    assert statuses <= {c.status for c in V1_CASES}
+    streaming tests cover it; 403 needs the repository API off (tests/reliability/test_repository_api.py). The
+    repository API (401) exists on V2 only."""
+    statuses = set(client_errors()) - {Conflict.status, 403}
+    assert statuses - {401} <= {c.status for c in V1_CASES}
     assert statuses - {422, 415} == {c.status for c in V2_CASES}
     assert set(THROUGH_GUNICORN) <= {c.id for c in CASES}
     assert len({c.id for c in CASES}) == len(CASES)
