@@ -22,3 +22,13 @@ def offload(fn: Callable[..., T], *args: object) -> T:
 
         return gevent.get_hub().threadpool.apply(fn, args)
     return fn(*args)
+
+
+def yield_now() -> None:
+    """Let the worker's other greenlets run (gevent): a greenlet that never blocks would keep its connection's
+    requests going back to back while the others wait (their latency then grows without bound)."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("threading"):
+        import gevent
+
+        gevent.sleep(0)
