@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import io
 import re
+import time
 
 import numpy as np
 import orjson
@@ -120,9 +121,13 @@ def test_request_id_is_echoed_generated_and_logged(server):
     assert re.fullmatch(r"[0-9a-f]{32}", generated.headers["X-Request-ID"])
     error = server.post("/v1/models/lstm_step/predict", {"sequences": []}, headers={"X-Request-ID": "bad-one"})
     assert error.json()["error"]["request_id"] == "bad-one"
+    expected = ['"request_id":"trace-abc.123"', f'"request_id":"{generated.headers["X-Request-ID"]}"']
+    deadline = time.monotonic() + 10  # access lines are written in batches, every 0.2 s (service/observability.py)
+    while not all(line in server.logs() for line in expected) and time.monotonic() < deadline:
+        time.sleep(0.1)
     logs = server.logs()
-    assert '"request_id":"trace-abc.123"' in logs
-    assert f'"request_id":"{generated.headers["X-Request-ID"]}"' in logs
+    assert expected[0] in logs
+    assert expected[1] in logs
 
 
 def _binary_forms(sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
