@@ -8,6 +8,7 @@ import base64
 import dataclasses
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -204,3 +205,32 @@ def _wait(condition, timeout: float = 30.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.1)
+
+
+@pytest.mark.parametrize("name", ["lstm2_last", "gru2_step", "rnn1_last"])
+def test_artifacts_alone_answer_what_the_server_answers(stream_server, stream_repository, name):
+    """model.onnx in plain onnxruntime and model.pt in torch, each fed only features and lengths (the state
+    starts at zero by default), give the served predictions; and continued by name with h0/c0 they give the
+    served stream's."""
+    import onnxruntime as ort
+    import torch
+
+    x = sequence(9, seed=8)
+    served = np.asarray(whole_answers(stream_server, name, x, [9], STREAM_MODELS[name]["head"] == "per_timestep"))
+    folder = stream_repository / name / "1"
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    features, lengths = x[None], np.array([9])
+    from_onnx = session.run(None, {"features": features, "lengths": lengths})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated; TorchScript is asked for
+        scripted = torch.jit.load(str(folder / "model.pt"))
+    with torch.no_grad():
+        from_pt = scripted(torch.from_numpy(features), torch.from_numpy(lengths))
+    np.testing.assert_allclose(from_onnx[0][0].reshape(served.shape), served, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(from_pt[0][0].numpy().reshape(served.shape), served, atol=1e-5, rtol=0)
+    first = stream(stream_server, name, x, [(0, 4)])[0]
+    rest = stream(stream_server, name, x, [(4, 9)], first["state"])[0]
+    head = session.run(None, {"features": features[:, :4], "lengths": np.array([4])})
+    states = dict(zip(("h0", "c0"), head[2:], strict=False))
+    tail = session.run(None, {"features": features[:, 4:], "lengths": np.array([5]), **states})
+    np.testing.assert_allclose(tail[0][0], np.asarray(rest["probabilities"]), atol=1e-5, rtol=0)
