@@ -51,17 +51,33 @@ preload_app = False
 accesslog = None  # the app logs each request as JSON, with its request id
 errorlog = "-"
 loglevel = _settings.log_level.lower()
-# Workers write Prometheus samples, and their readiness, into shared folders; fresh ones per server start.
-_metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="seqserve-metrics-")
-os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
-_state_dir = _settings.state_dir or tempfile.mkdtemp(prefix="seqserve-state-")
-os.environ["SEQSERVE_STATE_DIR"] = _state_dir
+# Workers write Prometheus samples, and their readiness, into shared folders; fresh ones per server start. Those
+# made here are removed when the server stops (on_exit); their names travel in the environment, so a master
+# re-executed by USR2, or a SIGHUP re-reading this file, keeps and later removes the same ones.
+_TEMP = "_SEQSERVE_TEMP_FOLDERS"
+_made = [f for f in os.environ.get(_TEMP, "").split(os.pathsep) if f]
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    _made.append(tempfile.mkdtemp(prefix="seqserve-metrics-"))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _made[-1]
+if not _settings.state_dir:
+    _made.append(tempfile.mkdtemp(prefix="seqserve-state-"))
+    os.environ["SEQSERVE_STATE_DIR"] = _made[-1]
+os.environ[_TEMP] = os.pathsep.join(_made)
+_metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+_state_dir = os.environ["SEQSERVE_STATE_DIR"]
 
 
 def on_starting(server):
     for folder in (_metrics_dir, _state_dir):
         shutil.rmtree(folder, ignore_errors=True)
         os.makedirs(folder, exist_ok=True)
+
+
+def on_exit(server):
+    # Not while a master started by USR2 still runs on these folders.
+    if not getattr(server, "reexec_pid", 0):
+        for folder in _made:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def when_ready(server):

@@ -71,3 +71,26 @@ def test_sigterm_while_a_worker_boots_stops_within_the_graceful_timeout(versions
     assert code == 0
     assert took < GRACEFUL - 5  # the replacement heard it: not kept alive until the master kills it
     assert "graceful timeout" not in server.logs()
+
+
+def test_a_stopped_server_leaves_no_temporary_folders(versions_repository, tmp_path, monkeypatch):
+    """The Prometheus and state folders gunicorn.conf.py makes for a server are removed when it stops; one it was
+    given is left alone."""
+    temp, given = tmp_path / "tmp", tmp_path / "given-state"
+    temp.mkdir()
+    given.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))
+
+    def ours() -> list[str]:  # onnxruntime keeps a file of its own there (.ses)
+        return sorted(p.name.rsplit("-", 1)[0] for p in temp.glob("seqserve-*"))
+
+    repository = serving_repository(versions_repository, tmp_path / "repo")
+    server = start_server(repository, tmp_path / "log", workers=2)
+    assert ours() == ["seqserve-metrics", "seqserve-state"]
+    assert server.stop() == 0
+    assert ours() == []
+    server = start_server(repository, tmp_path / "log2", workers=2, state_dir=given)
+    assert ours() == ["seqserve-metrics"]
+    assert server.stop() == 0
+    assert ours() == []
+    assert (given / "state.key").exists()  # what a given state folder holds outlives the server
