@@ -23,6 +23,7 @@ from service.schemas import (
     InferRequestSchema,
     flatten_errors,
     predict_schema,
+    quick_infer_header,
     quick_load,
     stream_schema,
 )
@@ -75,6 +76,8 @@ def load(schema: Schema, data: Any, *, unreadable: bool = False) -> dict[str, An
 
 def locate_nonfinite(features: np.ndarray, lengths: np.ndarray) -> None:
     """Binary inputs can carry NaN/Inf (JSON cannot): point at the first one inside a sequence."""
+    if np.isfinite(features).all():  # the common case, 8x cheaper than masking the padding first
+        return
     bad = ~np.isfinite(features)
     bad &= np.arange(features.shape[1])[None, :, None] < lengths[:, None, None]
     if bad.any():
@@ -308,7 +311,8 @@ class SequenceParams:
 
 def v2_request(body: bytes, header_length: str | None, manifest: Manifest, limits: Limits) -> InferRequest:
     header, binary = _v2_split(body, header_length)
-    request = load(_infer_schema, decode_json(header), unreadable=True)
+    data = decode_json(header)
+    request = quick_infer_header(data) or load(_infer_schema, data, unreadable=True)
     inputs = _v2_inputs(request["inputs"], binary, manifest)
     features = inputs.get("features")
     if features is None:

@@ -138,3 +138,62 @@ def test_nested_json_data_is_accepted(app_client):
     )
     assert flat.status_code == nested.status_code == 200
     assert flat.json()["outputs"] == nested.json()["outputs"]
+
+
+def tritonclient_header(**sequence) -> dict:
+    """The JSON header the stock client sends for binary tensors (and binary outputs), as it builds it."""
+    import orjson
+
+    features, lengths = batch()
+    tensors = [triton.InferInput("features", list(features.shape), "FP32"), triton.InferInput("lengths", [3], "INT64")]
+    tensors[0].set_data_from_numpy(features, binary_data=True)
+    tensors[1].set_data_from_numpy(lengths, binary_data=True)
+    outputs = [triton.InferRequestedOutput("probabilities", binary_data=True)]
+    body, length = triton.InferenceServerClient.generate_request_body(
+        tensors, outputs, request_id="r-1", parameters=None, **sequence
+    )
+    return orjson.loads(body[:length])
+
+
+def test_quick_infer_header_equals_the_schema_or_declines():
+    """The V2 binary header's fast path (service.schemas.quick_infer_header) loads what the stock client sends to
+    exactly what InferRequestSchema loads; every header one edit away from it (each field set to each awkward
+    value, or added where it does not belong) it either declines (None, and the schema writes the error) or loads
+    to what the schema loads."""
+    import copy
+
+    from marshmallow import ValidationError
+
+    from service.schemas import InferRequestSchema, quick_infer_header
+
+    schema = InferRequestSchema()
+    for header in (tritonclient_header(), tritonclient_header(sequence_id=7, sequence_start=True)):
+        assert quick_infer_header(header) is not None
+        assert quick_infer_header(header) == schema.load(header)
+    assert quick_infer_header({"inputs": [{"name": "features", "shape": [1], "datatype": "FP32", "data": [1]}]}) is None
+
+    base = tritonclient_header(sequence_id="s", sequence_end=True)
+    places = [((), k) for k in ("id", "parameters", "inputs", "outputs", "extra")]
+    places += [(("inputs", 0), k) for k in ("name", "shape", "datatype", "parameters", "data", "extra")]
+    places += [(("inputs", 0, "shape"), 0), (("inputs", 1, "parameters"), "binary_data_size"), (("inputs",), 0)]
+    places += [(("outputs", 0), k) for k in ("name", "parameters", "extra")] + [(("outputs",), 0)]
+    places += [(("parameters",), "sequence_id"), (("inputs", 0, "parameters"), "other")]
+    values = [None, True, False, -1, 0, 3, 2**64, 1.5, float("nan"), "", "x", "x" * 129, "FP32", "INT64", "BYTES"]
+    values += [[], [1], [-1], [True], {}, {"binary_data_size": 4}, {1: 2}, [{"name": "a"}]]
+    accepted = 0
+    for path, key in places:
+        for value in values:
+            header = copy.deepcopy(base)
+            target = header
+            for step in path:
+                target = target[step]
+            target[key] = value
+            fast = quick_infer_header(header)
+            try:
+                full = schema.load(header)
+            except ValidationError:
+                assert fast is None, header
+                continue
+            assert fast is None or fast == full, header
+            accepted += fast is not None
+    assert accepted > 20  # the fast path is taken for more than the one header
