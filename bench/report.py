@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bench.fixtures import MODELS
@@ -65,9 +66,17 @@ class Target:
     passed: bool | None = None
     note: str = ""
 
+    why: str = ""  # a miss's reason, computed from the measurements
+
     @property
     def verdict(self) -> str:
         return {True: "PASS", False: "MISS", None: "n/a"}[self.passed]
+
+    @property
+    def remark(self) -> str:
+        """The note, and for a miss, why: what the measured CPU per request says about it."""
+        parts = [self.note, f"why: {self.why}" if self.passed is False and self.why else ""]
+        return "; ".join(p for p in parts if p)
 
 
 @dataclass
@@ -80,7 +89,9 @@ class Targets:
         s = self.results.get(Cell(model, scenario, c, contender))
         return s if s is not None and s.rps > 0 else None
 
-    def ratio(self, name: str, goal: float, num: Summary | None, den: Summary | None, note: str = "") -> None:
+    def ratio(
+        self, name: str, goal: float, num: Summary | None, den: Summary | None, note: str = "", why: Why | None = None
+    ) -> None:
         """`num / den` in requests/s against `goal`; n/a when either side was not measured."""
         target = Target(name, f">= {goal:g}x" if goal >= 1 else f">= {goal:.0%}", note=note)
         if num is not None and den is not None:
@@ -88,15 +99,19 @@ class Targets:
             target.value = f"{value:.2f}x" if goal >= 1 else f"{value:.1%}"
             target.value += f" ({num.rps:.0f} / {den.rps:.0f} req/s)"
             target.passed = value >= goal
+            target.why = why(num, den) if why is not None and not target.passed else ""
         self.found.append(target)
 
-    def cpu_ratio(self, name: str, goal: float, num: Summary | None, den: Summary | None, note: str = "") -> None:
+    def cpu_ratio(
+        self, name: str, goal: float, num: Summary | None, den: Summary | None, note: str = "", why: Why | None = None
+    ) -> None:
         """Server CPU per request, `num / den`, at most `goal`; n/a when either side has no CPU figure."""
         target = Target(name, f"<= {goal:g}x", note=note)
         if num is not None and den is not None and num.cpu_us and den.cpu_us:
             value = num.cpu_us / den.cpu_us
             target.value = f"{value:.2f}x ({num.cpu_us:,.0f} / {den.cpu_us:,.0f} us/req)"
             target.passed = value <= goal
+            target.why = why(num, den) if why is not None and not target.passed else ""
         self.found.append(target)
 
     def best(self, keys: list[str], model: str, scenario: str, c: int) -> tuple[str, Summary | None]:
@@ -115,18 +130,84 @@ def targets(results: dict[Cell, Summary], models: list[str]) -> list[Target]:
     return t.found
 
 
+# Why a target was missed, from the CPU per request of the two sides (and the model's own cost, onnxruntime alone).
+Why = Callable[[Summary, Summary], str]
+
+
+def _cpu(s: Summary | None) -> float:
+    return s.cpu_us if s is not None and s.cpu_us else float("nan")
+
+
+def _beyond_model(model: Summary | None) -> Why:
+    """Against raw onnxruntime: what the server spends per request beyond the model's own run."""
+
+    def why(ours: Summary, raw: Summary) -> str:
+        return (
+            f"the model's run costs {_cpu(raw):,.0f} us CPU; the server spends {_cpu(ours) - _cpu(raw):,.0f} us per "
+            "request beyond it (HTTP parsing, Flask, decoding, the hand-off to onnxruntime's thread, the answer), "
+            "a fixed cost larger than this model's run"
+        )
+
+    return why
+
+
+def _beyond_bare(model_alone: Summary | None) -> Why:
+    """Against the bare endpoint, which answers a constant: what a prediction adds to gunicorn and Flask alone."""
+
+    def why(ours: Summary, bare: Summary) -> str:
+        return (
+            f"the bare endpoint's {_cpu(bare):,.0f} us is gunicorn and Flask answering a constant; a prediction adds "
+            f"{_cpu(ours) - _cpu(bare):,.0f} us: onnxruntime's own {_cpu(model_alone):,.0f} us, decoding and "
+            "validating the body, the thread hand-off and the answer"
+        )
+
+    return why
+
+
+def _against_peer(model_alone: Summary | None, goal: float) -> Why:
+    """Against another server: the CPU per request of each, and the best any server could reach (the other's CPU
+    over the model's own)."""
+
+    def why(ours: Summary, theirs: Summary) -> str:
+        bound = _cpu(theirs) / _cpu(model_alone)
+        text = (
+            f"server CPU per request: ours {_cpu(ours):,.0f} us, theirs {_cpu(theirs):,.0f} us, the model alone "
+            f"{_cpu(model_alone):,.0f} us"
+        )
+        if bound < goal * 1.25:
+            return text + f"; a server costing nothing beyond the model would reach only {bound:.2f}x"
+        return text + (
+            f"; ours spends {_cpu(ours) - _cpu(model_alone):,.0f} us per request beyond the model (HTTP, the "
+            "framework, decoding and encoding the bodies)"
+        )
+
+    return why
+
+
+def _batching_why(on: Summary, off: Summary) -> str:
+    return (
+        f"merging cut the CPU per request from {_cpu(off):,.0f} to {_cpu(on):,.0f} us; on this machine's cores both "
+        "settings are bound by the per-request HTTP work, which batching cannot merge"
+    )
+
+
 def _issue4(t: Targets, models: list[str]) -> None:
     for m in models:
         raw = t.get("raw", m, "64x50", RAW_CONCURRENCY)
-        t.ratio(f"{m} 64x50 c8: JSON vs raw onnxruntime", 0.5, t.get("seqserve-json", m, "64x50", 8), raw)
-        t.ratio(f"{m} 64x50 c8: v1 binary vs raw onnxruntime", 0.75, t.get("seqserve-binary", m, "64x50", 8), raw)
-        t.ratio(f"{m} 64x50 c8: V2 binary vs raw onnxruntime", 0.75, t.get("seqserve-v2", m, "64x50", 8), raw)
+        beyond = _beyond_model(raw)
+        for key, what, goal in (("seqserve-json", "JSON", 0.5), ("seqserve-binary", "v1 binary", 0.75)):
+            t.ratio(f"{m} 64x50 c8: {what} vs raw onnxruntime", goal, t.get(key, m, "64x50", 8), raw, why=beyond)
+        t.ratio(
+            f"{m} 64x50 c8: V2 binary vs raw onnxruntime", 0.75, t.get("seqserve-v2", m, "64x50", 8), raw, why=beyond
+        )
     for m in models:
-        bare = t.get("bare", "-", "1x50", 8)
-        t.ratio(f"{m} 1x50 c8: JSON vs bare Flask+gunicorn", 0.8, t.get("seqserve-json", m, "1x50", 8), bare)
+        bare, alone = t.get("bare", "-", "1x50", 8), t.get("raw", m, "1x50", RAW_CONCURRENCY)
+        ours = t.get("seqserve-json", m, "1x50", 8)
+        t.ratio(f"{m} 1x50 c8: JSON vs bare Flask+gunicorn", 0.8, ours, bare, why=_beyond_bare(alone))
     for m in models:
-        naive = t.get("naive", m, "64x50", 8)
-        t.ratio(f"{m} 64x50 c8: JSON vs naive tutorial server", 20, t.get("seqserve-json", m, "64x50", 8), naive)
+        naive, alone = t.get("naive", m, "64x50", 8), t.get("raw", m, "64x50", RAW_CONCURRENCY)
+        ours = t.get("seqserve-json", m, "64x50", 8)
+        t.ratio(f"{m} 64x50 c8: JSON vs naive tutorial server", 20, ours, naive, why=_against_peer(alone, 20))
     for peer, keys in (
         ("KServe", ["kserve-binary", "kserve-json"]),
         ("MLServer", ["mlserver-json", "mlserver-pool-json"]),
@@ -136,26 +217,31 @@ def _issue4(t: Targets, models: list[str]) -> None:
                 ours, our_best = t.best(QUIET, m, payload, 8)  # the same observable work: no access log
                 theirs, their_best = t.best(keys, m, payload, 8)
                 note = f"best of each: {_label(ours)} vs {_label(theirs)}" if ours and theirs else ""
-                t.ratio(f"{m} {payload} c8: seqserve vs {peer}", 1.5, our_best, their_best, note)
+                why = _against_peer(t.get("raw", m, payload, RAW_CONCURRENCY), 1.5)
+                t.ratio(f"{m} {payload} c8: seqserve vs {peer}", 1.5, our_best, their_best, note, why)
     large = models[-1]
     on32, off32 = t.get("seqserve-json", large, "1x50", 32), t.get("seqserve-nobatch", large, "1x50", 32)
-    t.ratio(f"{large} 1x50 c32: batching on vs off", 2, on32, off32)
+    t.ratio(f"{large} 1x50 c32: batching on vs off", 2, on32, off32, why=_batching_why)
     t.found.append(_added_p50(t, large))
 
 
 def _issue9(t: Targets, small: str) -> None:
     """Issue 9's targets on the small model, for seqserve as it ships and with its access log off."""
     bare, raw = t.get("bare", "-", "1x50", 8), t.get("raw", small, "64x50", RAW_CONCURRENCY)
+    alone = t.get("raw", small, "1x50", RAW_CONCURRENCY)
     _, kserve = t.best(["kserve-binary", "kserve-json"], small, "1x50", 8)
     for keys, setting in ((SHIPPED, "access log on"), (QUIET, "access log off")):
         json, binary, v2 = (t.get(k, small, "64x50", 8) for k in keys)
         one = t.get(keys[0], small, "1x50", 8)
         _, best = t.best(keys, small, "1x50", 8)
-        t.cpu_ratio(f"{small} 1x50 c8 JSON, {setting}: server CPU vs bare Flask+gunicorn", 1.6, one, bare)
-        t.ratio(f"{small} 1x50 c8, {setting}: best seqserve vs KServe's best", 1.3, best, kserve)
-        t.ratio(f"{small} 64x50 c8 V2 binary, {setting}: vs raw onnxruntime", 0.75, v2, raw)
-        t.ratio(f"{small} 64x50 c8 v1 raw float32, {setting}: vs raw onnxruntime", 0.70, binary, raw)
-        t.ratio(f"{small} 64x50 c8 v1 JSON, {setting}: vs raw onnxruntime", 0.35, json, raw)
+        name = f"{small} 1x50 c8 JSON, {setting}: server CPU vs bare Flask+gunicorn"
+        t.cpu_ratio(name, 1.6, one, bare, why=_beyond_bare(alone))
+        name = f"{small} 1x50 c8, {setting}: best seqserve vs KServe's best"
+        t.ratio(name, 1.3, best, kserve, why=_against_peer(alone, 1.3))
+        beyond = _beyond_model(raw)
+        t.ratio(f"{small} 64x50 c8 V2 binary, {setting}: vs raw onnxruntime", 0.75, v2, raw, why=beyond)
+        t.ratio(f"{small} 64x50 c8 v1 raw float32, {setting}: vs raw onnxruntime", 0.70, binary, raw, why=beyond)
+        t.ratio(f"{small} 64x50 c8 v1 JSON, {setting}: vs raw onnxruntime", 0.35, json, raw, why=beyond)
 
 
 def _added_p50(t: Targets, model: str) -> Target:
@@ -207,5 +293,5 @@ def _row_order(c: Cell) -> tuple[int, int, int, int]:
 
 def targets_table(found: list[Target]) -> list[str]:
     lines = ["| target | goal | measured | verdict | note |", "|---|---|---|---|---|"]
-    lines += [f"| {t.name} | {t.goal} | {t.value} | **{t.verdict}** | {t.note} |" for t in found]
+    lines += [f"| {t.name} | {t.goal} | {t.value} | **{t.verdict}** | {t.remark} |" for t in found]
     return lines

@@ -1,0 +1,56 @@
+"""The benchmark's target table: each target passes or misses on the measured figures, and a miss says why from
+the CPU per request it measured (issue 9: "each target marked pass or miss with the reason")."""
+
+from __future__ import annotations
+
+from bench.matrix import RAW_CONCURRENCY, Cell
+from bench.report import Summary, targets, targets_table
+
+
+def summary(rps: float, cpu_us: float, batch: int = 1) -> Summary:
+    return Summary(rps=rps, p50_ms=1.0, p99_ms=2.0, errors=0, rounds=3, batch=batch, steps=50, cpu_us=cpu_us)
+
+
+def measured(v2_rps: float, v2_cpu: float) -> dict[Cell, Summary]:
+    return {
+        Cell("h32", "64x50", RAW_CONCURRENCY, "raw"): summary(800, 2_300, 64),
+        Cell("h32", "64x50", 8, "seqserve-v2"): summary(v2_rps, v2_cpu, 64),
+        Cell("h32", "1x50", RAW_CONCURRENCY, "raw"): summary(13_000, 150),
+        Cell("-", "1x50", 8, "bare"): summary(3_300, 540),
+        Cell("h32", "1x50", 8, "seqserve-json"): summary(1_100, 1_700),
+    }
+
+
+def find(found, name):
+    (target,) = [t for t in found if t.name == name]
+    return target
+
+
+def test_a_miss_says_why_from_the_measured_cpu_and_a_pass_says_nothing():
+    found = targets(measured(v2_rps=280, v2_cpu=5_500), ["h32"])
+    v2 = find(found, "h32 64x50 c8: V2 binary vs raw onnxruntime")
+    assert (v2.passed, v2.value) == (False, "35.0% (280 / 800 req/s)")
+    assert "the model's run costs 2,300 us CPU; the server spends 3,200 us per request beyond it" in v2.remark
+    bare = find(found, "h32 1x50 c8 JSON, access log on: server CPU vs bare Flask+gunicorn")
+    assert bare.passed is False
+    assert "a prediction adds 1,160 us: onnxruntime's own 150 us" in bare.remark
+    assert "why: the model's run costs 2,300 us" in "\n".join(targets_table(found))
+    unmeasured = find(found, "h32 64x50 c8: JSON vs raw onnxruntime")
+    assert (unmeasured.passed, unmeasured.remark) == (None, "")
+
+    passing = find(targets(measured(v2_rps=700, v2_cpu=2_700), ["h32"]), "h32 64x50 c8: V2 binary vs raw onnxruntime")
+    assert (passing.passed, passing.why, passing.remark) == (True, "", "")
+
+
+def test_a_stream_miss_names_the_work_only_the_stream_request_does():
+    from bench.stream_report import _batching_target, _cpu_target
+
+    miss = _cpu_target("h32", "v2-redis", "v2-window", summary(550, 3_150), summary(970, 1_690))
+    assert miss.passed is False
+    assert "spends 1,460 us more CPU than the stateless one" in miss.remark
+    assert "Redis" in miss.remark
+    assert "redis-server's own CPU" in miss.remark
+    assert _cpu_target("h32", "v1-token", "v1-window", summary(1_000, 1_500), summary(1_100, 1_450)).remark == ""
+    batching = _batching_target("h128", 1, summary(865, 1_900), summary(778, 2_170))
+    assert batching.passed is False
+    assert "from 2,170 to 1,900 us" in batching.remark
