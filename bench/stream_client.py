@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import functools
 import time
+from abc import ABC, abstractmethod
 from array import array
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -100,7 +101,7 @@ class Answer:
 # ------------------------------------------------------------------------------------------- protocols
 
 
-class Protocol:
+class Protocol(ABC):
     """How one kind of stream talks to the server: its requests, and what it reads from the answers."""
 
     path = ""
@@ -127,9 +128,9 @@ class Protocol:
         body, extra = self.body(stream, end)
         return b"%sContent-Length: %d\r\n%s\r\n%s" % (self.head, len(body), extra, body)
 
+    @abstractmethod
     def body(self, stream: Stream, end: bool) -> tuple[bytes, bytes]:
         """The body and any extra header lines."""
-        raise NotImplementedError
 
     def answered(self, stream: Stream, answer: Answer) -> None:
         """Read the answer to the stream's last request and move the stream on (BadAnswer when wrong)."""
@@ -141,16 +142,16 @@ class Protocol:
             raise BadAnswer(f"malformed answer ({type(exc).__name__}: {exc}): {answer.body[:200]!r}") from None
         stream.step += self.chunk
 
-    def advance(self, stream: Stream, answer: Answer) -> None:
+    def advance(self, stream: Stream, answer: Answer) -> None:  # noqa: B027 (a hook: the windows keep nothing)
         """What the protocol keeps from an answer, before the step count moves on."""
 
     def seen(self, step: int) -> tuple[int, int]:
         """The timesteps the model has read, from a zero state, when it answers the request sent at `step`."""
         return 0, step + self.chunk
 
+    @abstractmethod
     def probabilities(self, answer: Answer) -> np.ndarray:
         """The probabilities [chunk, C] of this request's new timesteps (for the answer checks)."""
-        raise NotImplementedError
 
 
 def _check_steps(stream: Stream, got: Any, chunk: int) -> None:
