@@ -8,13 +8,14 @@ A missing binary is an error, not a skip: the tests of the Redis store must run.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import redis
+
+from tests.processes import free_port, stop
 
 STARTUP_TIMEOUT_S = 20.0
 
@@ -33,20 +34,7 @@ class RedisServer:
         return redis.Redis.from_url(self.url)
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return stop(self.process, timeout=10)
 
 
 def start_redis(folder: Path, attempts: int = 3) -> RedisServer:
@@ -56,7 +44,7 @@ def start_redis(folder: Path, attempts: int = 3) -> RedisServer:
         raise RuntimeError("redis-server is not installed: run `make test`, or `apt-get install -y redis-server`")
     folder.mkdir(parents=True, exist_ok=True)
     for attempt in range(attempts):
-        server = _launch(binary, folder, _free_port(), attempt)
+        server = _launch(binary, folder, free_port(), attempt)
         if _wait_ready(server):
             return server
         server.stop()

@@ -23,6 +23,7 @@ from pathlib import Path
 import requests
 
 from tests.conftest import REPO_ROOT
+from tests.processes import free_port, stop
 
 SHIPPED = REPO_ROOT / "deploy" / "nginx" / "nginx.conf"
 SERVICE_NAME = "api"
@@ -97,14 +98,7 @@ class Nginx:
         return (self.folder / "nginx.out").read_text(errors="replace")
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop(self.process, timeout=10)
 
 
 def start_nginx(folder: Path, dns_port: int, upstream_port: int) -> Nginx:
@@ -128,19 +122,3 @@ def start_nginx(folder: Path, dns_port: int, upstream_port: int) -> Nginx:
             time.sleep(0.05)
     proxy.stop()
     raise RuntimeError(f"nginx did not answer on {proxy.url}:\n{proxy.logs()}")
-
-
-def free_port(*hosts: str) -> int:
-    """A port free on every one of `hosts` (replicas listen on the same port on different loopback addresses)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind((hosts[0], 0))
-            port = s.getsockname()[1]
-        try:
-            for host in hosts[1:]:
-                with socket.socket() as s:
-                    s.bind((host, port))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError(f"no port free on all of {hosts}")

@@ -10,6 +10,7 @@ import signal
 import time
 
 from bench.traffic import Traffic, running, statuses
+from tests.processes import free_port
 from tests.reliability.conftest import (
     PREDICT,
     logged_requests,
@@ -18,7 +19,7 @@ from tests.reliability.conftest import (
     wait_for,
     wait_until,
 )
-from tests.reliability.proxy import REPLICA_HOSTS, SERVICE_NAME, DnsServer, free_port, start_nginx
+from tests.reliability.proxy import REPLICA_HOSTS, SERVICE_NAME, DnsServer, start_nginx
 
 RETRIED = re.compile(r"upstream=([0-9.:]+(?:, [0-9.:]+)+) upstream_status=([0-9, ]+)")
 

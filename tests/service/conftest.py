@@ -7,8 +7,6 @@ needs one (workers, gevent, keep-alive, signals, multiprocess metrics, the log s
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +20,7 @@ import pytest
 import requests
 
 from tests.conftest import REPO_ROOT
+from tests.processes import free_port, stop
 from tests.redis_server import RedisServer, start_redis
 
 if TYPE_CHECKING:
@@ -30,12 +29,6 @@ if TYPE_CHECKING:
 GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -62,14 +55,7 @@ class Server:
 
     def stop(self) -> int:
         self.session.close()  # idle keep-alive connections would hold a graceful stop for the keep-alive timeout
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop(self.process, timeout=30)
 
 
 def start_server(repository: Path, log: Path, wait_ready: bool = True, **settings: Any) -> Server:
