@@ -37,13 +37,9 @@ class Summary:
         return self.rps * self.batch * self.steps
 
 
-def _median_or_none(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return statistics.median(present) if present else None
-
-
-def summarize(cell: Cell, runs: list[LoadResult]) -> Summary:
-    batch, steps = (int(x) for x in cell.scenario.split("x"))
+def over_rounds(runs: list[LoadResult], batch: int, steps: int) -> Summary:
+    """Each metric's median over the rounds (CPU over the rounds that measured it), errors summed."""
+    cpu = [r.cpu_us_per_request for r in runs if r.cpu_us_per_request]
     return Summary(
         rps=statistics.median(r.rps for r in runs),
         p50_ms=statistics.median(r.p50_ms for r in runs),
@@ -52,10 +48,13 @@ def summarize(cell: Cell, runs: list[LoadResult]) -> Summary:
         rounds=len(runs),
         batch=batch,
         steps=steps,
-        cpu_us=statistics.median(cpu)
-        if (cpu := [r.cpu_us_per_request for r in runs if r.cpu_us_per_request])
-        else None,
+        cpu_us=statistics.median(cpu) if cpu else None,
     )
+
+
+def summarize(cell: Cell, runs: list[LoadResult]) -> Summary:
+    batch, steps = (int(x) for x in cell.scenario.split("x"))
+    return over_rounds(runs, batch, steps)
 
 
 @dataclass

@@ -10,10 +10,8 @@ batching off (v1 tokens).
 
 from __future__ import annotations
 
-import statistics
-
 from bench.loadgen import LoadResult
-from bench.report import Summary, Target, _batching_why, _num
+from bench.report import Summary, Target, _batching_why, _num, over_rounds
 from bench.streams import AGE_CHUNK, AGE_SAMPLE_S, CHUNKS, STREAMS, WAYS, AgeResult, StreamCell, StreamResults
 
 CPU_GOAL = 1.2  # (a): stream request CPU / stateless 1x1 CPU
@@ -29,18 +27,8 @@ STATE_WORK = {
 
 
 def summarize(cell: StreamCell, runs: list[LoadResult]) -> Summary:
-    """Each metric's median over the rounds; timesteps/s counts the new timesteps answered (batch 1 x chunk)."""
-    cpu = [r.cpu_us_per_request for r in runs if r.cpu_us_per_request]
-    return Summary(
-        rps=statistics.median(r.rps for r in runs),
-        p50_ms=statistics.median(r.p50_ms for r in runs),
-        p99_ms=statistics.median(r.p99_ms for r in runs),
-        errors=sum(r.errors for r in runs),
-        rounds=len(runs),
-        batch=1,
-        steps=cell.chunk,
-        cpu_us=statistics.median(cpu) if cpu else None,
-    )
+    """Medians over the rounds; timesteps/s counts the new timesteps answered (batch 1 x chunk)."""
+    return over_rounds(runs, batch=1, steps=cell.chunk)
 
 
 def summaries(results: StreamResults) -> dict[StreamCell, Summary]:
