@@ -267,6 +267,16 @@ class StrictSchema(Schema):
         unknown = RAISE
 
 
+def id_field() -> fields.String:
+    """A request's `id`, echoed in its answer (and in V2's)."""
+    return fields.String(validate=validate.Length(max=128))
+
+
+def outputs_field(**kwargs: Any) -> fields.List:
+    """v1 `outputs`: which of labels, probabilities and logits to answer, at least one."""
+    return fields.List(fields.String(validate=validate.OneOf(OUTPUTS)), validate=validate.Length(min=1), **kwargs)
+
+
 class ModelPathSchema(StrictSchema):
     name = fields.String(required=True, validate=validate.Regexp(NAME_PATTERN, error="not a valid model name"))
     version = fields.Integer(
@@ -281,12 +291,8 @@ def predict_schema(feature_names: tuple[str, ...], max_sequences: int, max_times
     return Schema.from_dict(
         {
             "sequences": SequencesField(feature_names, max_sequences, max_timesteps),
-            "outputs": fields.List(
-                fields.String(validate=validate.OneOf(OUTPUTS)),
-                load_default=lambda: ["labels", "probabilities"],
-                validate=validate.Length(min=1),
-            ),
-            "id": fields.String(validate=validate.Length(max=128)),
+            "outputs": outputs_field(load_default=lambda: ["labels", "probabilities"]),
+            "id": id_field(),
         },
         name="PredictRequest",
     )(unknown=RAISE)
@@ -299,12 +305,8 @@ def stream_schema(feature_names: tuple[str, ...], max_timesteps: int) -> Schema:
         {
             "timesteps": TimestepsField(feature_names, max_timesteps),
             "state": fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1)),
-            "outputs": fields.List(
-                fields.String(validate=validate.OneOf(OUTPUTS)),
-                load_default=lambda: ["labels", "probabilities"],
-                validate=validate.Length(min=1),
-            ),
-            "id": fields.String(validate=validate.Length(max=128)),
+            "outputs": outputs_field(load_default=lambda: ["labels", "probabilities"]),
+            "id": id_field(),
         },
         name="StreamRequest",
     )(unknown=RAISE)
@@ -316,7 +318,7 @@ def inspect_schema(feature_names: tuple[str, ...], max_timesteps: int) -> Schema
     return Schema.from_dict(
         {
             "sequence": TimestepsField(feature_names, max_timesteps),
-            "id": fields.String(validate=validate.Length(max=128)),
+            "id": id_field(),
         },
         name="InspectRequest",
     )(unknown=RAISE)
@@ -342,8 +344,8 @@ class PredictRequestDoc(StrictSchema):
         validate=validate.Length(min=1),
         metadata={"description": "sequences x timesteps x features; a timestep may be an object keyed by name"},
     )
-    outputs = fields.List(fields.String(validate=validate.OneOf(OUTPUTS)), validate=validate.Length(min=1))
-    id = fields.String(validate=validate.Length(max=128))
+    outputs = outputs_field()
+    id = id_field()
 
 
 class InspectRequestDoc(StrictSchema):
@@ -453,7 +455,7 @@ class InferOutputSchema(StrictSchema):
 
 
 class InferRequestSchema(StrictSchema):
-    id = fields.String(validate=validate.Length(max=128))
+    id = id_field()
     parameters = V2Parameters()
     inputs = fields.List(fields.Nested(InferInputSchema), required=True, validate=validate.Length(min=1))
     outputs = fields.List(fields.Nested(InferOutputSchema))
@@ -640,8 +642,8 @@ class StreamRequestDoc(StrictSchema):
         metadata={"description": "this request's new timesteps; a timestep may be an object keyed by name"},
     )
     state = fields.String(allow_none=True, metadata={"description": "the previous answer's token; null: a new stream"})
-    outputs = fields.List(fields.String(validate=validate.OneOf(OUTPUTS)), validate=validate.Length(min=1))
-    id = fields.String(validate=validate.Length(max=128))
+    outputs = outputs_field()
+    id = id_field()
 
 
 class StreamResponseDoc(StrictSchema):
