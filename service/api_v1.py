@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, Response, g, request
+from flask import Blueprint, Response, g
 
 from service import codecs
-from service.codecs import PredictRequest, RawMeta
+from service.codecs import Limits, PredictRequest, RawMeta
 from service.dataplane import LoadedModel, ModelVersion
 from service.errors import UnsupportedMediaType
 from service.http import (
+    Call,
     admitted,
     codec_errors,
     dataplane,
+    flask_call,
     json_response,
-    limits,
     model_versions,
     path_params,
-    read_body,
-    resolve_model,
     resources,
     v1_status,
 )
@@ -33,6 +32,9 @@ from service.schemas import (
     StreamRequestDoc,
     StreamResponseDoc,
 )
+
+if TYPE_CHECKING:
+    from service.app import Resources
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
 codec_errors(bp, v1_status)
@@ -108,11 +110,19 @@ def get_model(name: str) -> Response:
     parameters=PREDICT_PARAMETERS,
 )
 def predict(name: str, version: str | None = None) -> Response:
-    body = read_body()  # first: an unread body would cost the client its keep-alive connection on a 404
-    model = admitted(resolve_model(name, version))
-    parsed = parse_predict(body, model)
-    outputs = dataplane().infer(model, {"features": parsed.features, "lengths": parsed.lengths})
-    return json_response(codecs.v1_response(model.manifest, parsed, outputs, g.get("request_id")))
+    call = flask_call()  # first: an unread body would cost the client its keep-alive connection on a 404
+    try:
+        return json_response(predict_reply(resources(), call, name, version))
+    finally:
+        g.model_name = call.model
+
+
+def predict_reply(res: Resources, call: Call, name: str, version: str | None) -> bytes:
+    """The predict endpoint, whichever door the request came in by (the view above, or `service/lane.py`)."""
+    model = admitted(call.resolve(res.plane, name, version))
+    parsed = parse_predict(call, model, res.limits)
+    outputs = res.plane.infer(model, {"features": parsed.features, "lengths": parsed.lengths})
+    return codecs.v1_response(model.manifest, parsed, outputs, call.request_id)
 
 
 @bp.post("/models/<name>/stream")
@@ -138,34 +148,40 @@ def predict(name: str, version: str | None = None) -> Response:
 )
 def stream(name: str, version: str | None = None) -> Response:
     """New timesteps of a live sequence, with the state token of the previous answer (service/streams.py)."""
-    body = read_body()
+    call = flask_call()
+    try:
+        return json_response(stream_reply(resources(), call, name, version))
+    finally:
+        g.model_name = call.model
+
+
+def stream_reply(res: Resources, call: Call, name: str, version: str | None) -> bytes:
+    """The stream endpoint, whichever door the request came in by (the view above, or `service/lane.py`)."""
     name, number = path_params(name, version)
-    g.model_name = name
-    streams = resources().streams
-    if request.mimetype in ("", "application/json"):
-        data = codecs.decode_json(body)
+    call.model = name
+    streams = res.streams
+    if call.mimetype in ("", "application/json"):
+        data = codecs.decode_json(call.body)
         token = data.get("state") if isinstance(data, dict) and isinstance(data.get("state"), str) else None
         model, state = streams.token_model(name, number, token)
-        chunk = codecs.v1_stream_json(data, admitted(model).manifest, limits())
+        chunk = codecs.v1_stream_json(data, admitted(model).manifest, res.limits)
     else:
-        model, state = streams.token_model(name, number, request.headers.get("Seqserve-State"))
-        chunk = codecs.v1_stream_chunk(parse_predict(body, admitted(model)))
+        model, state = streams.token_model(name, number, call.header("Seqserve-State"))
+        chunk = codecs.v1_stream_chunk(parse_predict(call, admitted(model), res.limits))
     outputs, token, steps = streams.token_step(model, chunk.features, state)
-    return json_response(codecs.v1_stream_response(model.manifest, chunk, outputs, token, steps))
+    return codecs.v1_stream_response(model.manifest, chunk, outputs, token, steps)
 
 
-def parse_predict(body: bytes, model: LoadedModel) -> PredictRequest:
+def parse_predict(call: Call, model: LoadedModel, limits: Limits) -> PredictRequest:
     """The codec for the body's Content-Type."""
-    kind = request.mimetype
+    kind = call.mimetype
     if kind in ("", "application/json"):
-        return codecs.v1_json(body, model.manifest, limits())
-    meta = RawMeta(
-        request.headers.get("Seqserve-Shape"), request.headers.get("Seqserve-Lengths"), request.args.get("outputs")
-    )
+        return codecs.v1_json(call.body, model.manifest, limits)
+    meta = RawMeta(call.header("Seqserve-Shape"), call.header("Seqserve-Lengths"), call.arg("outputs"))
     if kind == "application/octet-stream":
-        return codecs.v1_raw(body, meta, model.manifest, limits())
+        return codecs.v1_raw(call.body, meta, model.manifest, limits)
     if kind == "application/x-npy":
-        return codecs.v1_npy(body, meta, model.manifest, limits())
+        return codecs.v1_npy(call.body, meta, model.manifest, limits)
     raise UnsupportedMediaType(
         f"Content-Type {kind!r} is not supported; use application/json, application/octet-stream "
         "(with a Seqserve-Shape header) or application/x-npy"

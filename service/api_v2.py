@@ -5,22 +5,22 @@ drive us."""
 from __future__ import annotations
 
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, g
 
 from service import codecs
 from service.dataplane import LoadedModel, State
 from service.errors import BadRequest, NotFound
 from service.http import (
+    Call,
     admitted,
     codec_errors,
     dataplane,
+    flask_call,
     json_response,
-    limits,
     model_versions,
     path_params,
-    read_body,
     resolve_model,
     resources,
 )
@@ -36,8 +36,17 @@ from service.schemas import (
     V2ServerDoc,
 )
 
+if TYPE_CHECKING:
+    from service.app import Resources
+
 bp = Blueprint("v2", __name__, url_prefix="/v2")
-codec_errors(bp, lambda exc: BadRequest)  # the protocol answers every unusable request with 400
+
+
+def v2_status(exc: codecs.CodecError) -> type[BadRequest]:
+    return BadRequest  # the protocol answers every unusable request with 400
+
+
+codec_errors(bp, v2_status)
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository", "sequence"]
 _TRITON_TYPES = {"FP32": "TYPE_FP32", "INT64": "TYPE_INT64"}
 
@@ -151,31 +160,39 @@ def model_config(name: str, version: str | None = None) -> Response:
     ),
 )
 def infer(name: str, version: str | None = None) -> Response:
-    body = read_body()  # first: an unread body would cost the client its keep-alive connection on a 404
-    model = admitted(resolve_model(name, version))
-    header = request.headers.get("Inference-Header-Content-Length")
-    parsed = codecs.v2_request(body, header, model.manifest, limits())
-    if (sequence := codecs.v2_sequence(parsed, model.manifest)) is not None:
-        return _sequence_step(model, body, header, parsed, sequence, path_params(name, version)[1])
-    encoded, headers = codecs.v2_response(model.manifest, parsed, dataplane().infer(model, parsed.inputs))
+    call = flask_call()  # first: an unread body would cost the client its keep-alive connection on a 404
+    try:
+        encoded, headers = infer_reply(resources(), call, name, version)
+    finally:
+        g.model_name = call.model
     return Response(encoded, status=200, headers=headers)
 
 
+def infer_reply(res: Resources, call: Call, name: str, version: str | None) -> tuple[bytes, dict[str, str]]:
+    """The infer endpoint, whichever door the request came in by (the view above, or `service/lane.py`)."""
+    model = admitted(call.resolve(res.plane, name, version))
+    header = call.header("Inference-Header-Content-Length")
+    parsed = codecs.v2_request(call.body, header, model.manifest, res.limits)
+    if (sequence := codecs.v2_sequence(parsed, model.manifest)) is not None:
+        return _sequence_step(res, model, call.body, header, parsed, sequence, path_params(name, version)[1])
+    return codecs.v2_response(model.manifest, parsed, res.plane.infer(model, parsed.inputs))
+
+
 def _sequence_step(
+    res: Resources,
     newest: LoadedModel,
     body: bytes,
     header: str | None,
     parsed: codecs.InferRequest,
     sequence: codecs.SequenceParams,
     version: int | None,
-) -> Response:
+) -> tuple[bytes, dict[str, str]]:
     """One request of a Triton sequence: its state comes from, and goes back to, the shared store."""
-    streams = resources().streams
+    streams = res.streams
     model, record = streams.sequence_model(newest.name, version, sequence)
     if model is not newest:  # the sequence runs on an older version: read the request as that version reads it
-        parsed = codecs.v2_request(body, header, model.manifest, limits())
+        parsed = codecs.v2_request(body, header, model.manifest, res.limits)
         codecs.v2_sequence(parsed, model.manifest)
     result = streams.sequence_step(model, codecs.v2_sequence_features(parsed), sequence, record)
     extra = {"sequence_id": sequence.id, "sequence_steps": result.steps}
-    encoded, headers = codecs.v2_response(model.manifest, parsed, result.outputs, extra)
-    return Response(encoded, status=200, headers=headers)
+    return codecs.v2_response(model.manifest, parsed, result.outputs, extra)

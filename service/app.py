@@ -7,15 +7,17 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from flask import Flask
 
 from service import api_repository, api_v1, api_v2, home, http, inspect_api, observability, ops
+from service.codecs import Limits
 from service.dataplane import DataPlane
 from service.http import EXTENSION
+from service.lane import InferenceLane
 from service.metrics import Metrics
 from service.sequences import open_store
 from service.settings import Settings
@@ -32,6 +34,10 @@ class Resources:
     metrics: Metrics
     plane: DataPlane
     streams: Streams
+    limits: Limits = field(init=False)  # what one request may hold
+
+    def __post_init__(self) -> None:
+        self.limits = Limits(self.settings.max_sequences, self.settings.max_timesteps)
 
     def close(self) -> None:
         self.plane.stop()
@@ -50,9 +56,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     plane = DataPlane(settings, metrics)
     app = Flask("service", static_folder=None)  # the home page's blueprint serves service/static
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.extensions[EXTENSION] = Resources(settings, logs, metrics, plane, _streams(settings, plane, metrics))
+    res = app.extensions[EXTENSION] = Resources(settings, logs, metrics, plane, _streams(settings, plane, metrics))
     http.init_app(app)
-    observability.init_app(app, metrics, logs, settings.log_requests)
+    recorder = observability.RequestRecorder(metrics, logs, settings.log_requests)
+    observability.init_app(app, recorder)
+    if settings.fast_path:
+        app.wsgi_app = InferenceLane(app.wsgi_app, res, recorder)  # type: ignore[method-assign]
     for blueprint in (ops.bp, home.bp, api_v1.bp, api_v2.bp, api_repository.bp):
         app.register_blueprint(blueprint)
     inspect_api.init_app(app, settings, plane.root)

@@ -9,6 +9,7 @@ import io
 import logging
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -44,8 +45,7 @@ def settings() -> Settings:
 
 
 def limits() -> Limits:
-    s = settings()
-    return Limits(s.max_sequences, s.max_timesteps)
+    return resources().limits
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -68,6 +68,31 @@ def resolve_model(name: str, version: str | None = None) -> LoadedModel:
     model = dataplane().get(*path_params(name, version))
     g.model_name = model.name
     return model
+
+
+@dataclass(slots=True)
+class Call:
+    """One inference request as the endpoints' cores read it, whichever door it came in by: a Flask view
+    (`flask_call`) or the inference lane (`service/lane.py`, straight from the WSGI environ)."""
+
+    body: bytes
+    mimetype: str  # the Content-Type without parameters, lower case ("" when absent)
+    header: Callable[[str], str | None]
+    arg: Callable[[str], str | None]  # a query argument
+    request_id: str | None
+    model: str = ""  # the model's name once the path is resolved: a label of the request's metrics and log line
+
+    def resolve(self, plane: DataPlane, name: str, version: str | None) -> LoadedModel:
+        """Validate the path parameters, then find the version (404 unknown, 503 not ready)."""
+        model = plane.get(*path_params(name, version))
+        self.model = model.name
+        return model
+
+
+def flask_call() -> Call:
+    """The Flask view's request as a `Call` (its body read first)."""
+    body = read_body()
+    return Call(body, request.mimetype, request.headers.get, request.args.get, g.get("request_id"))
 
 
 def admitted(model: LoadedModel) -> LoadedModel:
@@ -135,6 +160,13 @@ def error_flavour(path: str) -> str:
 
 
 def handle_error(exc: Exception) -> Response:
+    status, headers, body = error_reply(exc, request.method, request.path, g.get("request_id"))
+    return Response(body, status=status, headers=headers, mimetype="application/json")
+
+
+def error_reply(exc: Exception, method: str, path: str, request_id: str | None) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers and JSON body of the answer to `exc` (every door reports errors through here: the Flask
+    handlers and the inference lane, `service/lane.py`)."""
     if isinstance(exc, ServiceError):
         status, code, message, details, headers = exc.status, exc.code, exc.message, exc.details, exc.headers
     elif isinstance(exc, HTTPException):
@@ -142,24 +174,20 @@ def handle_error(exc: Exception) -> Response:
         code = exc.name.lower().replace(" ", "_")
         headers = {k: v for k, v in exc.get_headers() if k.lower() == "allow"}
         if isinstance(exc, MethodNotAllowed):
-            message = (
-                f"{request.method} is not allowed on {request.path}; allowed: {', '.join(exc.valid_methods or [])}"
-            )
+            message = f"{method} is not allowed on {path}; allowed: {', '.join(exc.valid_methods or [])}"
         elif status == 404:
-            message = f"no endpoint at {request.path}; the API is described at /openapi.json"
+            message = f"no endpoint at {path}; the API is described at /openapi.json"
         elif status == 413:
             message = f"body exceeds the limit of {current_app.config['MAX_CONTENT_LENGTH']} bytes"
             code = PayloadTooLarge.code
     else:
-        log.error("unhandled error", exc_info=exc, extra={"request_id": g.get("request_id")})
+        log.error("unhandled error", exc_info=exc, extra={"request_id": request_id})
         status, code, message, details, headers = 500, "internal_error", "internal error", None, {}
-    if error_flavour(request.path) == "v2":
+    if error_flavour(path) == "v2":
         body: dict[str, Any] = {"error": message}
     else:
-        body = {"error": {"code": code, "message": message, "details": details, "request_id": g.get("request_id")}}
-    return Response(
-        orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS), status=status, headers=headers, mimetype="application/json"
-    )
+        body = {"error": {"code": code, "message": message, "details": details, "request_id": request_id}}
+    return status, headers, orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS)
 
 
 def init_app(app: Flask) -> None:

@@ -187,27 +187,41 @@ def _attach(pipeline: LogPipeline) -> None:
     root.setLevel(pipeline.level)
 
 
-def init_app(app: Flask, metrics: Metrics, logs: LogPipeline, log_requests: bool) -> None:
-    debug = logging.getLogger(ACCESS_LOGGER).isEnabledFor(logging.DEBUG)
+def request_id(given: str | None) -> str:
+    """The client's `X-Request-ID` when it is a sensible token, else a new one."""
+    return given if given and _VALID_ID.match(given) else uuid.uuid4().hex
 
+
+class RequestRecorder:
+    """What every answered request leaves behind, whichever door it came in by (the Flask hooks below, or the
+    inference lane, `service/lane.py`): its count and latency, and its access line."""
+
+    def __init__(self, metrics: Metrics, logs: LogPipeline, log_requests: bool) -> None:
+        self.metrics, self.logs, self.log_requests = metrics, logs, log_requests
+        self.debug = logging.getLogger(ACCESS_LOGGER).isEnabledFor(logging.DEBUG)
+
+    def record(
+        self, method: str, path: str, rule: str, model: str, status: int, elapsed: float, request_id: str | None
+    ) -> None:
+        metrics = self.metrics
+        metrics.inc(metrics.requests, (rule, model, str(status)))
+        metrics.observe(metrics.request_seconds, (rule, model), elapsed)
+        quiet = path in _QUIET and status < 400 and not self.debug  # probes and scrapes: DEBUG
+        if (self.log_requests and not quiet) or status >= 500:
+            self.logs.access(Access(time.time(), method, path, status, model or None, elapsed * 1000, request_id))
+
+
+def init_app(app: Flask, recorder: RequestRecorder) -> None:
     @app.before_request
     def _start() -> None:
         g.started = time.perf_counter()
-        given = request.headers.get(REQUEST_ID, "")
-        g.request_id = given if _VALID_ID.match(given) else uuid.uuid4().hex
+        g.request_id = request_id(request.headers.get(REQUEST_ID))
 
     @app.after_request
     def _finish(response: Response) -> Response:
         elapsed = time.perf_counter() - g.get("started", time.perf_counter())
-        request_id = g.get("request_id")
-        response.headers[REQUEST_ID] = request_id or ""
-        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
-        model = g.get("model_name", "")
-        status = response.status_code
-        metrics.inc(metrics.requests, (endpoint, model, str(status)))
-        metrics.observe(metrics.request_seconds, (endpoint, model), elapsed)
-        quiet = request.path in _QUIET and status < 400 and not debug  # probes and scrapes: DEBUG
-        if (log_requests and not quiet) or status >= 500:
-            path = request.path
-            logs.access(Access(time.time(), request.method, path, status, model or None, elapsed * 1000, request_id))
+        rid = g.get("request_id")
+        response.headers[REQUEST_ID] = rid or ""
+        rule = request.url_rule.rule if request.url_rule else "unmatched"
+        recorder.record(request.method, request.path, rule, g.get("model_name", ""), response.status_code, elapsed, rid)
         return response

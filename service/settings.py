@@ -83,6 +83,7 @@ class Settings:
     # process
     log_level: str = "INFO"
     log_requests: bool = True
+    fast_path: bool = True  # the inference endpoints' common requests skip Flask's machinery (service/lane.py)
     bind: str = "127.0.0.1:8000"
     workers: int = 0  # 0: one per core, at most 4 (gunicorn worker processes)
     threads: int = 16
