@@ -14,7 +14,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import chain
+from itertools import chain, starmap
 from typing import Any, ClassVar
 
 import numpy as np
@@ -94,6 +94,7 @@ class SequencesField(fields.Field):
     def __init__(self, feature_names: Sequence[str], max_sequences: int, max_timesteps: int, **kwargs: Any):
         super().__init__(required=True, **kwargs)
         self.feature_names = list(feature_names)
+        self._row = struct.Struct(f"{len(self.feature_names)}d")  # one timestep: F native doubles
         self.max_sequences = max_sequences
         self.max_timesteps = max_timesteps
 
@@ -121,22 +122,21 @@ class SequencesField(fields.Field):
             raise ValidationError(errors)
 
     def _fast(self, value: list[list[Any]]) -> Batch | None:
-        """C-level passes only: flatten, convert with `struct.pack` (which refuses strings, nulls, lists and
-        objects; 3x faster than `array('d', ...)` on 19,200 numbers), vectorised checks. Booleans would pass as 0/1,
-        so the leaves whose value is exactly 0 or 1 have their type checked. Anything odd returns None: the slow
-        path says where."""
+        """C-level passes only: every timestep packed by one `struct.Struct` of F doubles, which refuses a timestep
+        of any other length and any string, null, list or object in it (3x faster than `array('d', ...)` on the
+        19,200 numbers of a 64x50 batch, and no separate length pass), then vectorised checks. Booleans would pass
+        as 0/1, so the leaves whose value is exactly 0 or 1 have their type checked. Anything odd returns None: the
+        slow path says where."""
         width = len(self.feature_names)
         try:
-            steps = list(chain.from_iterable(value))
-            if set(map(len, steps)) != {width}:
-                return None
-            leaves = list(chain.from_iterable(steps))
-            flat = np.frombuffer(struct.pack(f"{len(leaves)}d", *leaves), dtype=np.float64)
+            packed = b"".join(starmap(self._row.pack, chain.from_iterable(value)))
         except (TypeError, ValueError, OverflowError, struct.error):
             return None
-        suspects = np.flatnonzero((flat == 0) | (flat == 1))
-        if suspects.size and not {type(leaves[i]) for i in suspects.tolist()} <= _NUMBER_TYPES:
-            return None
+        flat = np.frombuffer(packed, dtype=np.float64)
+        if suspects := np.flatnonzero((flat == 0) | (flat == 1)).tolist():
+            steps = list(chain.from_iterable(value))
+            if not {type(steps[i // width][i % width]) for i in suspects} <= _NUMBER_TYPES:
+                return None
         with np.errstate(over="ignore"):  # beyond float32 becomes inf, located by the slow path
             rows = flat.astype(np.float32).reshape(-1, width)
         if not np.isfinite(rows).all():

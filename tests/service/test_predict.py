@@ -207,6 +207,7 @@ def test_quick_load_equals_the_schema_or_declines():
         {"sequences": rng.normal(size=(2, 3, 6)).tolist()},
         {"sequences": [rng.normal(size=(2, 6)).tolist(), rng.normal(size=(5, 6)).tolist()], "outputs": ["logits"]},
         {"sequences": [[dict(zip(names, range(6), strict=True))]], "id": "r1"},
+        {"sequences": [[[1, 0, 1.0, 0.0, 2, -1], [0.5] * 6]]},  # exact 0s and 1s, ints among floats
     ]
     for body in good:
         fast, full = quick_load(schema, body), schema.load(body)
@@ -223,6 +224,12 @@ def test_quick_load_equals_the_schema_or_declines():
         {"sequences": [[[0.0] * 6]], "outputs": []},
         {"outputs": ["labels"]},
         {"sequences": [[[True] + [0.0] * 5]]},
+        {"sequences": [[[0.5] * 6, [0.0] * 5 + [False]]]},
+        {"sequences": [[[0.5] * 6], [[0.0] * 5 + ["1"]]]},
+        {"sequences": [[[0.0] * 5 + [[1.0]]]]},
+        {"sequences": [[[0.0] * 5 + [None]]]},
+        {"sequences": [[[0.0] * 6, [0.0] * 7]]},
+        {"sequences": [[[0.0] * 5 + [1e39]]]},  # beyond float32
     ]
     for body in bad:
         assert quick_load(schema, body) is None
