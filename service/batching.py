@@ -53,7 +53,7 @@ class _Work:
     steps: int
     bucket: tuple[int, frozenset[str]]  # only requests with the same length bucket and input names merge
     enqueued: float = field(default_factory=time.perf_counter)
-    signal: threading.Event = field(default_factory=threading.Event)  # finished, or promoted to leader
+    signal: threading.Event | None = None  # a follower's: finished, or promoted to leader (a leader waits for nothing)
     finished: bool = False
     promoted: bool = False
     outputs: Arrays | None = None
@@ -99,6 +99,8 @@ class AdaptiveBatcher:
             self._refuse_when_full()
             self._queue.append(work)
             lead, self._busy = not self._busy, True
+            if not lead:
+                work.signal = threading.Event()
             if self.max_queue_delay > 0:
                 self._cond.notify_all()  # a leader may be waiting for company
         if lead or self._follow(work):
@@ -150,12 +152,14 @@ class AdaptiveBatcher:
 
     def _follow(self, work: _Work) -> bool:
         """Wait until a leader has run this request (False) or hands the model to it (True)."""
-        if not work.signal.wait(self.timeout):
+        signal = work.signal
+        assert signal is not None  # set when it was queued behind a busy model
+        if not signal.wait(self.timeout):
             with self._cond:
-                if not work.signal.is_set() and any(w is work for w in self._queue):
+                if not signal.is_set() and any(w is work for w in self._queue):
                     self._queue.remove(work)
                     raise Timeout(f"inference did not start within {self.timeout:g} s")
-            work.signal.wait()  # already running: its result is moments away
+            signal.wait()  # already running: its result is moments away
         return work.promoted and not work.finished
 
     def _lead(self) -> None:
@@ -171,6 +175,7 @@ class AdaptiveBatcher:
                 if self._queue:
                     head = self._queue[0]
                     head.promoted = True
+                    assert head.signal is not None  # queued behind this run: a follower
                     head.signal.set()
                 else:
                     self._busy = False
@@ -224,7 +229,8 @@ class AdaptiveBatcher:
                 work.error = exc
         for work in group:
             work.finished = True
-            work.signal.set()
+            if work.signal is not None:
+                work.signal.set()
 
     def _merge(self, group: list[_Work]) -> Arrays:
         merged: Arrays = {}
