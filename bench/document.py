@@ -51,9 +51,10 @@ def _validation(v: validation_cost.ValidationCost | str) -> list[str]:
         return [v]
     verdict = "PASS" if v.passed else "MISS"
     return [
-        f"Model {v.model}: whole request {v.request_ms:.2f} ms (Flask test client into the real app), JSON parse "
+        f"Model {v.model}: whole request {v.request_ms:.2f} ms (Flask's test client into the real app, which "
+        f"takes it through its inference lane, `service/lane.py`), JSON parse "
         f"(orjson) {v.parse_ms:.2f} ms, validation (the v1 codec's marshmallow fields, `quick_load`, incl. the "
-        f"vectorised float32 conversion) "
+        f"float32 conversion) "
         f"{v.validate_ms:.2f} ms = **{v.share:.1%}** of the request (budget <= {validation_cost.BUDGET:.0%}): "
         f"**{verdict}**. Medians of repeated calls.",
     ]

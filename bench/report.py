@@ -143,7 +143,8 @@ def _beyond_model(model: Summary | None) -> Why:
     def why(ours: Summary, raw: Summary) -> str:
         return (
             f"the model's run costs {_cpu(raw):,.0f} us CPU; the server spends {_cpu(ours) - _cpu(raw):,.0f} us per "
-            "request beyond it (HTTP parsing, Flask, decoding, the hand-off to onnxruntime's thread, the answer), "
+            "request beyond it (gunicorn reading and writing HTTP, decoding, the hand-off to onnxruntime's thread, "
+            "the answer), "
             "a fixed cost larger than this model's run"
         )
 
@@ -155,7 +156,8 @@ def _beyond_bare(model_alone: Summary | None) -> Why:
 
     def why(ours: Summary, bare: Summary) -> str:
         return (
-            f"the bare endpoint's {_cpu(bare):,.0f} us is gunicorn and Flask answering a constant; a prediction adds "
+            f"the bare endpoint's {_cpu(bare):,.0f} us is gunicorn and Flask answering a constant (seqserve's "
+            "inference requests skip Flask); a prediction adds "
             f"{_cpu(ours) - _cpu(bare):,.0f} us: onnxruntime's own {_cpu(model_alone):,.0f} us, decoding and "
             "validating the body, the thread hand-off and the answer"
         )
