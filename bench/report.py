@@ -137,18 +137,13 @@ def _cpu(s: Summary | None) -> float:
     return s.cpu_us if s is not None and s.cpu_us else float("nan")
 
 
-def _beyond_model(model: Summary | None) -> Why:
+def _beyond_model(ours: Summary, raw: Summary) -> str:
     """Against raw onnxruntime: what the server spends per request beyond the model's own run."""
-
-    def why(ours: Summary, raw: Summary) -> str:
-        return (
-            f"the model's run costs {_cpu(raw):,.0f} us CPU; the server spends {_cpu(ours) - _cpu(raw):,.0f} us per "
-            "request beyond it (gunicorn reading and writing HTTP, decoding, the hand-off to onnxruntime's thread, "
-            "the answer), "
-            "a fixed cost larger than this model's run"
-        )
-
-    return why
+    return (
+        f"the model's run costs {_cpu(raw):,.0f} us CPU; the server spends {_cpu(ours) - _cpu(raw):,.0f} us per "
+        "request beyond it (gunicorn reading and writing HTTP, decoding, the hand-off to onnxruntime's thread, "
+        "the answer), a fixed cost larger than this model's run"
+    )
 
 
 def _beyond_bare(model_alone: Summary | None) -> Why:
@@ -195,12 +190,13 @@ def _batching_why(on: Summary, off: Summary) -> str:
 def _issue4(t: Targets, models: list[str]) -> None:
     for m in models:
         raw = t.get("raw", m, "64x50", RAW_CONCURRENCY)
-        beyond = _beyond_model(raw)
-        for key, what, goal in (("seqserve-json", "JSON", 0.5), ("seqserve-binary", "v1 binary", 0.75)):
-            t.ratio(f"{m} 64x50 c8: {what} vs raw onnxruntime", goal, t.get(key, m, "64x50", 8), raw, why=beyond)
-        t.ratio(
-            f"{m} 64x50 c8: V2 binary vs raw onnxruntime", 0.75, t.get("seqserve-v2", m, "64x50", 8), raw, why=beyond
-        )
+        for key, what, goal in (
+            ("seqserve-json", "JSON", 0.5),
+            ("seqserve-binary", "v1 binary", 0.75),
+            ("seqserve-v2", "V2 binary", 0.75),
+        ):
+            ours = t.get(key, m, "64x50", 8)
+            t.ratio(f"{m} 64x50 c8: {what} vs raw onnxruntime", goal, ours, raw, why=_beyond_model)
     for m in models:
         bare, alone = t.get("bare", "-", "1x50", 8), t.get("raw", m, "1x50", RAW_CONCURRENCY)
         ours = t.get("seqserve-json", m, "1x50", 8)
@@ -239,10 +235,9 @@ def _issue9(t: Targets, small: str) -> None:
         t.cpu_ratio(name, 1.6, one, bare, why=_beyond_bare(alone))
         name = f"{small} 1x50 c8, {setting}: best seqserve vs KServe's best"
         t.ratio(name, 1.3, best, kserve, why=_against_peer(alone, 1.3))
-        beyond = _beyond_model(raw)
-        t.ratio(f"{small} 64x50 c8 V2 binary, {setting}: vs raw onnxruntime", 0.75, v2, raw, why=beyond)
-        t.ratio(f"{small} 64x50 c8 v1 raw float32, {setting}: vs raw onnxruntime", 0.70, binary, raw, why=beyond)
-        t.ratio(f"{small} 64x50 c8 v1 JSON, {setting}: vs raw onnxruntime", 0.35, json, raw, why=beyond)
+        t.ratio(f"{small} 64x50 c8 V2 binary, {setting}: vs raw onnxruntime", 0.75, v2, raw, why=_beyond_model)
+        t.ratio(f"{small} 64x50 c8 v1 raw float32, {setting}: vs raw onnxruntime", 0.70, binary, raw, why=_beyond_model)
+        t.ratio(f"{small} 64x50 c8 v1 JSON, {setting}: vs raw onnxruntime", 0.35, json, raw, why=_beyond_model)
 
 
 def _added_p50(t: Targets, model: str) -> Target:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, Response, g
+from flask import Blueprint, Response
 
 from service import codecs
 from service.codecs import Limits, PredictRequest, RawMeta
@@ -14,13 +14,12 @@ from service.errors import UnsupportedMediaType
 from service.http import (
     Call,
     admitted,
+    answer,
     codec_errors,
     dataplane,
-    flask_call,
     json_response,
     model_versions,
     path_params,
-    resources,
     v1_status,
 )
 from service.openapi import BINARY, documented, json_reply
@@ -110,11 +109,7 @@ def get_model(name: str) -> Response:
     parameters=PREDICT_PARAMETERS,
 )
 def predict(name: str, version: str | None = None) -> Response:
-    call = flask_call()  # first: an unread body would cost the client its keep-alive connection on a 404
-    try:
-        return json_response(predict_reply(resources(), call, name, version))
-    finally:
-        g.model_name = call.model
+    return json_response(answer(predict_reply, name, version))
 
 
 def predict_reply(res: Resources, call: Call, name: str, version: str | None) -> bytes:
@@ -148,11 +143,7 @@ def predict_reply(res: Resources, call: Call, name: str, version: str | None) ->
 )
 def stream(name: str, version: str | None = None) -> Response:
     """New timesteps of a live sequence, with the state token of the previous answer (service/streams.py)."""
-    call = flask_call()
-    try:
-        return json_response(stream_reply(resources(), call, name, version))
-    finally:
-        g.model_name = call.model
+    return json_response(answer(stream_reply, name, version))
 
 
 def stream_reply(res: Resources, call: Call, name: str, version: str | None) -> bytes:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, Response, g
+from flask import Blueprint, Response
 
 from service import codecs
 from service.dataplane import LoadedModel, State
@@ -15,14 +15,13 @@ from service.errors import BadRequest, NotFound
 from service.http import (
     Call,
     admitted,
+    answer,
     codec_errors,
     dataplane,
-    flask_call,
     json_response,
     model_versions,
     path_params,
     resolve_model,
-    resources,
 )
 from service.openapi import BINARY, Reply, documented, json_reply
 from service.schemas import (
@@ -160,11 +159,7 @@ def model_config(name: str, version: str | None = None) -> Response:
     ),
 )
 def infer(name: str, version: str | None = None) -> Response:
-    call = flask_call()  # first: an unread body would cost the client its keep-alive connection on a 404
-    try:
-        encoded, headers = infer_reply(resources(), call, name, version)
-    finally:
-        g.model_name = call.model
+    encoded, headers = answer(infer_reply, name, version)
     return Response(encoded, status=200, headers=headers)
 
 

@@ -11,7 +11,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from flask import Blueprint, Flask, Response, current_app, g, request
@@ -26,6 +26,7 @@ from service.settings import Settings
 if TYPE_CHECKING:
     from service.app import Resources
 
+T = TypeVar("T")
 EXTENSION = "seqserve"  # where create_app keeps an app's Resources
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ def resolve_model(name: str, version: str | None = None) -> LoadedModel:
 @dataclass(slots=True)
 class Call:
     """One inference request as the endpoints' cores read it, whichever door it came in by: a Flask view
-    (`flask_call`) or the inference lane (`service/lane.py`, straight from the WSGI environ)."""
+    (`answer`) or the inference lane (`service/lane.py`, straight from the WSGI environ)."""
 
     body: bytes
     mimetype: str  # the Content-Type without parameters, lower case ("" when absent)
@@ -89,10 +90,14 @@ class Call:
         return model
 
 
-def flask_call() -> Call:
-    """The Flask view's request as a `Call` (its body read first)."""
-    body = read_body()
-    return Call(body, request.mimetype, request.headers.get, request.args.get, g.get("request_id"))
+def answer(core: Callable[[Resources, Call, str, str | None], T], name: str, version: str | None) -> T:
+    """An endpoint's core run on the Flask view's request; the model it resolved labels the request's metrics."""
+    body = read_body()  # first: an unread body would cost the client its keep-alive connection on a 404
+    call = Call(body, request.mimetype, request.headers.get, request.args.get, g.get("request_id"))
+    try:
+        return core(resources(), call, name, version)
+    finally:
+        g.model_name = call.model
 
 
 def admitted(model: LoadedModel) -> LoadedModel:

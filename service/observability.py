@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TextIO
 
 import orjson
 from flask import Flask, Response, g, request
@@ -169,7 +169,7 @@ class LogPipeline:
             if done:
                 return
 
-    def _line(self, entry: Any) -> bytes:
+    def _line(self, entry: logging.LogRecord) -> bytes:
         try:
             return self.formatter.format(entry).encode() + b"\n"
         except Exception:  # a record that cannot be formatted must not stop the writer
