@@ -6,8 +6,10 @@ connection, and onnxruntime calls handed to gevent's pool of real threads (servi
 keep being parsed and queued while a model computes; the adaptive batcher merges what queued. On the 2-core
 development machine this used ~30 % less CPU per small request than gthread (where 16 threads per worker fight
 over the GIL) and twice the throughput with batching on a 128-unit LSTM at 32 clients. `SEQSERVE_WORKER_CLASS=
-gthread` (with `SEQSERVE_THREADS`) is the alternative. One worker per core by default (at most 4), each onnxruntime
-session with cores/workers intra-op threads.
+gthread` (with `SEQSERVE_THREADS`) is the alternative. With gevent the worker class is gunicorn's own gevent worker
+with one addition (service/worker.py): the inference endpoints' plain requests go from the connection's bytes
+straight to the app's inference lane, skipping gunicorn's per-request objects; everything else is gunicorn's.
+One worker per core by default (at most 4), each onnxruntime session with cores/workers intra-op threads.
 
 No `preload_app`: onnxruntime sessions (and any CUDA context) must be created in each worker after the fork, not
 inherited (benoitc/gunicorn#1891). The master imports `service.settings` only.
@@ -34,7 +36,8 @@ from service.settings import Settings
 _settings = Settings.from_environ()  # an unknown or malformed SEQSERVE_ variable stops the server here
 bind = _settings.bind
 workers = _settings.worker_count
-worker_class = _settings.worker_class
+# gevent: gunicorn's gevent worker with a direct path for the inference lane's requests (service/worker.py)
+worker_class = "service.worker.LaneWorker" if _settings.worker_class == "gevent" else _settings.worker_class
 worker_connections = _settings.worker_connections  # gevent: per worker
 threads = _settings.threads  # gthread only
 timeout = _settings.timeout

@@ -76,64 +76,96 @@ def _no_argument(name: str) -> None:
     return None  # the lane takes no request with a query string
 
 
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """A request the lane answers: its route, path parameters and body length."""
+
+    route: Route
+    name: str
+    version: str | None
+    length: int
+
+
+Header = Callable[[str], str | None]  # a request header by name ("Content-Type"), None when absent
+Answer = tuple[int, list[tuple[str, str]], bytes]  # status, headers (Content-Length and X-Request-ID included), body
+
+
 class InferenceLane:
-    """WSGI middleware in front of the Flask app (`app.wsgi_app`)."""
+    """WSGI middleware in front of the Flask app (`app.wsgi_app`). `take` and `answer` are what it does without
+    WSGI: `service/worker.py` calls them straight from the bytes on the connection."""
 
     def __init__(self, flask: WSGIApp, res: Resources, recorder: RequestRecorder) -> None:
         self.flask, self.res, self.recorder = flask, res, recorder
         self.max_body = res.settings.max_body_bytes
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        taken = self._take(environ)
+        header = _environ_header(environ)
+        taken = self.take(
+            environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", ""), header
+        )
         if taken is None:
             return self.flask(environ, start_response)
-        route, name, version, length = taken
-        started = time.perf_counter()
-        path = environ["PATH_INFO"]
-        rid = request_id(environ.get("HTTP_X_REQUEST_ID"))
-        call = Call(b"", _mimetype(environ), lambda h: environ.get(_environ_key(h)), _no_argument, rid)
-        status = 200
-        try:
-            call.body = environ["wsgi.input"].read(length)
-            if len(call.body) < length:
-                raise BadRequest(f"the body ended after {len(call.body)} of its {length} bytes (Content-Length)")
-            body, headers = route.core(self.res, call, name, version)
-        except CodecError as exc:
-            status, headers, body = error_reply(route.codec_status(exc)(exc.message, exc.details), "POST", path, rid)
-            headers = {**headers, **_JSON}
-        except Exception as exc:  # ServiceError, or an unexpected failure: logged there, 500
-            status, headers, body = error_reply(exc, "POST", path, rid)
-            headers = {**headers, **_JSON}
-        elapsed = time.perf_counter() - started
-        self.recorder.record("POST", path, route.rules[version is not None], call.model, status, elapsed, rid)
-        start_response(
-            f"{status} {HTTP_STATUS_CODES[status].upper()}",
-            [*headers.items(), ("Content-Length", str(len(body))), (REQUEST_ID, rid)],
-        )
-        return [body]
+        body = environ["wsgi.input"].read(taken.length)
+        status, headers, answer = self.answer(taken, environ["PATH_INFO"], body, header)
+        start_response(f"{status} {HTTP_STATUS_CODES[status].upper()}", headers)
+        return [answer]
 
-    def _take(self, environ: dict[str, Any]) -> tuple[Route, str, str | None, int] | None:
+    def take(self, method: str, path: str, query: str, header: Header) -> Taken | None:
         """The route, path parameters and body length of a request the lane answers; None: Flask's."""
-        if environ.get("REQUEST_METHOD") != "POST" or environ.get("QUERY_STRING"):
+        if method != "POST" or query:
             return None
-        if "HTTP_TRANSFER_ENCODING" in environ:
+        if header("Transfer-Encoding") is not None:
             return None
-        encoding = environ.get("HTTP_CONTENT_ENCODING")
+        encoding = header("Content-Encoding")
         if encoding is not None and encoding.strip().lower() != "identity":
             return None
-        length = environ.get("CONTENT_LENGTH", "")
+        length = header("Content-Length") or ""
         if not (length.isascii() and length.isdigit()) or int(length) > self.max_body:
             return None
-        match = _PATH.fullmatch(environ.get("PATH_INFO", ""))
+        match = _PATH.fullmatch(path)
         if match is None or (route := ROUTES.get((match[1], match[4]))) is None:
             return None
-        return route, match[2], match[3], int(length)
+        return Taken(route, match[2], match[3], int(length))
+
+    def answer(self, taken: Taken, path: str, body: bytes, header: Header) -> Answer:
+        """Run the endpoint's core on the request and record it (metrics, access line)."""
+        started = time.perf_counter()
+        rid = request_id(header(REQUEST_ID))
+        route = taken.route
+        call = Call(body, _mimetype(header("Content-Type")), header, _no_argument, rid)
+        status = 200
+        try:
+            if len(body) < taken.length:
+                raise BadRequest(f"the body ended after {len(body)} of its {taken.length} bytes (Content-Length)")
+            answer, headers = route.core(self.res, call, taken.name, taken.version)
+        except CodecError as exc:
+            status, headers, answer = error_reply(route.codec_status(exc)(exc.message, exc.details), "POST", path, rid)
+            headers = {**headers, **_JSON}
+        except Exception as exc:  # ServiceError, or an unexpected failure: logged there, 500
+            status, headers, answer = error_reply(exc, "POST", path, rid)
+            headers = {**headers, **_JSON}
+        elapsed = time.perf_counter() - started
+        self.recorder.record("POST", path, route.rules[taken.version is not None], call.model, status, elapsed, rid)
+        return status, [*headers.items(), ("Content-Length", str(len(answer))), (REQUEST_ID, rid)], answer
+
+
+_CGI_NAMED = {"Content-Type": "CONTENT_TYPE", "Content-Length": "CONTENT_LENGTH"}  # WSGI keeps these unprefixed
+
+
+def _environ_header(environ: dict[str, Any]) -> Header:
+    return lambda name: environ.get(_CGI_NAMED.get(name) or _environ_key(name))
 
 
 def _environ_key(header: str) -> str:
     return "HTTP_" + header.upper().replace("-", "_")
 
 
-def _mimetype(environ: dict[str, Any]) -> str:
+def _mimetype(content_type: str | None) -> str:
     """As werkzeug's `Request.mimetype`: the Content-Type without parameters, lower case."""
-    return environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def lane_of(app: Any) -> InferenceLane | None:
+    """The lane in front of an app made by `create_app` (None when SEQSERVE_FAST_PATH is off, or for another app)."""
+    lane = getattr(app, "wsgi_app", None)
+    return lane if isinstance(lane, InferenceLane) else None
