@@ -85,7 +85,7 @@ class AdaptiveBatcher:
         self.max_queue_delay, self.timeout = max_queue_delay, timeout
         self.observer = observer or BatchObserver()
         self._queue: deque[_Work] = deque()
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())  # never re-entered: a plain lock costs less than an RLock
         self._busy = False  # a leader is running (or about to run) the model
         self._stopped = False
 

@@ -36,7 +36,12 @@ import gunicorn_h1c
 from gunicorn import SERVER, util
 from gunicorn import config as gconfig
 from gunicorn import http as ghttp
-from gunicorn.http.message import RFC9112_TARGET_INVALID
+from gunicorn.http.message import (
+    DEFAULT_MAX_HEADERFIELD_SIZE,
+    MAX_HEADERS,
+    MAX_REQUEST_LINE,
+    RFC9112_TARGET_INVALID,
+)
 from gunicorn.workers.ggevent import GeventWorker
 
 HEAD_LIMIT = 64 * 1024  # a head not complete within this goes to gunicorn, which applies its own limits
@@ -83,15 +88,25 @@ class Plain:
         return self.headers.get(name.lower())
 
 
-def parse_head(data: bytes | bytearray, cfg: Any) -> Plain | None:
-    """The head at the start of `data` if this path may serve it; None: gunicorn's (incomplete heads included)."""
+def head_limits(cfg: Any) -> dict[str, int]:
+    """gunicorn's limits on a head, normalised as its `Request` normalises them for the same C parser."""
+    line, fields, size = cfg.limit_request_line, cfg.limit_request_fields, cfg.limit_request_field_size
+    return {
+        "limit_request_line": 1024 * 1024
+        if line == 0
+        else MAX_REQUEST_LINE
+        if not 0 < line < MAX_REQUEST_LINE
+        else line,
+        "limit_request_fields": MAX_HEADERS if not 0 < fields <= MAX_HEADERS else fields,
+        "limit_request_field_size": size if size > 0 else DEFAULT_MAX_HEADERFIELD_SIZE,
+    }
+
+
+def parse_head(data: bytes | bytearray, limits: dict[str, int]) -> Plain | None:
+    """The head at the start of `data` if this path may serve it; None: gunicorn's (incomplete heads included).
+    `limits`: `head_limits` of gunicorn's settings."""
     try:
-        result = gunicorn_h1c.parse_request(
-            bytes(data),
-            limit_request_line=cfg.limit_request_line or 1024 * 1024,
-            limit_request_fields=cfg.limit_request_fields,
-            limit_request_field_size=cfg.limit_request_field_size,
-        )
+        result = gunicorn_h1c.parse_request(bytes(data), **limits)
     except (gunicorn_h1c.ParseError, gunicorn_h1c.IncompleteError):  # gunicorn answers, or reads on
         return None
     if result["method"] != b"POST" or result["minor_version"] != 1 or data[:2] == b"\r\n":
@@ -123,6 +138,7 @@ class LaneWorker(GeventWorker):
         from service.lane import lane_of  # the app's modules load in the worker only, never in the master
 
         self.lane = lane_of(self.wsgi) if self._plain_gunicorn() else None
+        self.head_limits = head_limits(self.cfg)
 
     def _plain_gunicorn(self) -> bool:
         """gunicorn is set up for nothing that only its own request handling does."""
@@ -157,6 +173,7 @@ class Connection:
     def __init__(self, worker: LaneWorker, listener: Any, client: Any, addr: Any) -> None:
         self.worker, self.listener, self.client, self.addr = worker, listener, client, addr
         self.cfg = worker.cfg
+        self.limits = worker.head_limits
         self.timeout = float(self.cfg.keepalive) or None  # each wait for bytes, as gunicorn waits for a head
         self.buffer = bytearray()
         self.parser: Any = None  # gunicorn's, made for the first request it serves
@@ -205,7 +222,7 @@ class Connection:
             if head.count(b"\n") != head.count(b"\r\n"):
                 return None
             if end >= 0:
-                return parse_head(head, self.cfg)
+                return parse_head(head, self.limits)
             if len(self.buffer) > HEAD_LIMIT:
                 return None
             self._receive(READ_SIZE)

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 from gunicorn.config import Config
 
-from service.worker import parse_head
+from service.worker import head_limits, parse_head
 from tests.service.conftest import Server, start_server
 from tests.service.test_lane import CASES, RID, V2_BINARY, V2_BINARY_HEADERS, X, _json
 
@@ -128,7 +128,7 @@ def short(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 
 # ------------------------------------------------------------------------------------------ which heads it takes
 
-CFG = Config()
+LIMITS = head_limits(Config())
 PLAIN = b"POST /v1/models/m/predict HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n"
 
 
@@ -157,20 +157,40 @@ def _with(*extra: bytes) -> bytes:
         ("an invalid name", _with(b"X A: b")),
         ("a control byte in a value", _with(b"X-A: b\x01c")),
         ("an incomplete head", PLAIN[:-2]),
+        ("more header fields than gunicorn allows", _with(*(b"X-%d: a" % i for i in range(100)))),
+        ("a longer line than gunicorn allows", PLAIN.replace(b"/m/", b"/" + b"m" * 5000 + b"/", 1)),
     ],
 )
 def test_heads_left_to_gunicorn(what, head):
-    assert parse_head(head, CFG) is None, what
+    assert parse_head(head, LIMITS) is None, what
+
+
+def test_head_limits_are_gunicorns():
+    """Normalised as gunicorn's Request does before it calls the same C parser: 0 is unbounded (1 MiB) for the
+    request line, and out-of-range values fall back to gunicorn's maxima."""
+    config = Config()
+    assert head_limits(config) == {
+        "limit_request_line": 4094,
+        "limit_request_fields": 100,
+        "limit_request_field_size": 8190,
+    }
+    for name, value in (("limit_request_line", 0), ("limit_request_fields", 0), ("limit_request_field_size", 0)):
+        config.set(name, value)
+    assert head_limits(config) == {
+        "limit_request_line": 1024 * 1024,
+        "limit_request_fields": 32768,
+        "limit_request_field_size": 8190,
+    }
 
 
 def test_plain_head_taken():
-    plain = parse_head(_with(b"X-Request-ID:  abc ", b"Connection: close"), CFG)
+    plain = parse_head(_with(b"X-Request-ID:  abc ", b"Connection: close"), LIMITS)
     assert plain is not None
     assert (plain.method, plain.path, plain.close) == ("POST", "/v1/models/m/predict", True)
     assert plain.header("x-request-id") == "abc"  # optional whitespace around a value is not part of it
     assert plain.header("Content-Length") == "2"
     assert plain.consumed == len(_with(b"X-Request-ID:  abc ", b"Connection: close"))
-    assert parse_head(PLAIN, CFG).close is False
+    assert parse_head(PLAIN, LIMITS).close is False
 
 
 # ---------------------------------------------------------------------------------------------- answers
