@@ -31,6 +31,7 @@ def test_a_miss_says_why_from_the_measured_cpu_and_a_pass_says_nothing():
     v2 = find(found, "h32 64x50 c8: V2 binary vs raw onnxruntime")
     assert (v2.passed, v2.value) == (False, "35.0% (280 / 800 req/s)")
     assert "the model's run costs 2,300 us CPU; the server spends 3,200 us per request beyond it" in v2.remark
+    assert v2.remark.endswith("where 75% of raw's req/s leaves 767 us")  # 2,300 x (1 / 0.75 - 1)
     bare = find(found, "h32 1x50 c8 JSON, access log on: server CPU vs bare Flask+gunicorn")
     assert bare.passed is False
     assert "a prediction adds 1,160 us: onnxruntime's own 150 us" in bare.remark
