@@ -67,7 +67,7 @@ def bucket_of(steps: int) -> int:
 class AdaptiveBatcher:
     def __init__(
         self,
-        run: Callable[[Arrays], Arrays],
+        run: Callable[[Arrays, int], Arrays],  # the merged inputs and how many requests they hold
         manifest: Manifest,
         *,
         max_sequences: int,
@@ -216,7 +216,7 @@ class AdaptiveBatcher:
             self.observer.queue_seconds(started - work.enqueued)
         try:
             merged = group[0].inputs if len(group) == 1 else self._merge(group)
-            outputs = self._run(merged)
+            outputs = self._run(merged, len(group))
             self.observer.compute_seconds(time.perf_counter() - started)
             self.observer.batch_sequences(sum(w.sequences for w in group), self._stateful in group[0].bucket[1])
             if len(group) == 1:

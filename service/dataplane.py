@@ -33,6 +33,7 @@ from modelrepo.layout import VersionDir
 from modelrepo.manifest import Manifest, ManifestError
 from service import graphcheck
 from service.batching import AdaptiveBatcher, Arrays, BatchObserver
+from service.concurrency import occupancy
 from service.control import ControlFolder, Desired
 from service.errors import NotFound, NotReady
 from service.metrics import Metrics
@@ -239,6 +240,7 @@ class DataPlane:
             self.settings.provider,
             self.settings.ort_threads,
             inline_below=self.settings.inline_below_ms / 1000,
+            alone=occupancy.alone,  # short runs go inline when the worker has nothing else to do
         )
         graphcheck.check(entry.path / manifest.onnx_file, manifest, runtime.session)
         runtime.warmup(self.settings.warmup_timesteps)

@@ -10,6 +10,7 @@ import functools
 import logging
 import time
 import warnings
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
@@ -64,10 +65,17 @@ class ModelRuntime:
     """One `InferenceSession` with explicit thread counts; `run` is safe to call from several threads."""
 
     def __init__(
-        self, path: Path, manifest: Manifest, preference: str, intra_op_threads: int, inline_below: float = 0.0
+        self,
+        path: Path,
+        manifest: Manifest,
+        preference: str,
+        intra_op_threads: int,
+        inline_below: float = 0.0,
+        alone: Callable[[int], bool] = lambda requests: False,
     ) -> None:
         self.manifest = manifest
-        self.inline_below = inline_below  # seconds: calls expected to be shorter run inline (see `run`)
+        self.inline_below = inline_below  # seconds: shorter calls may run inline (see `_call`)
+        self.alone = alone  # whether a run of so many requests is all the worker has to do (see `_call`)
         self.cell_seconds = float("inf")  # one sequence's cost per timestep, measured by `warmup`
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
@@ -104,26 +112,30 @@ class ModelRuntime:
             t.name: t for t in manifest.inputs if t.name in graph_inputs and t.name not in ("features", "lengths")
         }
 
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """`features` [B, T, F] float32 and `lengths` [B] int64 at least; missing states start at zero."""
+    def run(self, inputs: dict[str, np.ndarray], requests: int = 1) -> dict[str, np.ndarray]:
+        """`features` [B, T, F] float32 and `lengths` [B] int64 at least; missing states start at zero. `requests`:
+        how many requests the inputs hold (the batcher merges several)."""
         batch = inputs["features"].shape[0]
         feeds = dict(inputs)
         for name, spec in self._state_defaults.items():
             if name not in feeds:
                 shape = [batch if d == "batch" else d for d in spec.shape]
                 feeds[name] = np.zeros(shape, dtype=np.float32)
-        return dict(zip(self.output_names, self._call(feeds), strict=True))
+        return dict(zip(self.output_names, self._call(feeds, requests), strict=True))
 
-    def _call(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Under gevent, a call handed to the thread pool lets the worker keep reading requests (which the batcher
-        then merges) and gives every connection its turn. The hand-off costs about 60 us of CPU and 150 us of
-        latency here, as much as a 50-step run of a small LSTM, so a call expected to take less than `inline_below`
-        may run in the calling greenlet instead. Measured on h32 1x50 at 4 connections (one worker): inline saved
-        about 4 % of CPU per request but made p99 latency 4x worse (60-80 ms against 15-40), since a greenlet that
-        never waits keeps its connection going while the others queue (even yielding after each call); so the
-        default is 0, never inline (SEQSERVE_INLINE_BELOW_MS)."""
+    def _call(self, feeds: dict[str, np.ndarray], requests: int) -> list[np.ndarray]:
+        """Under gevent, a call handed to the thread pool lets the worker keep reading requests while the model runs
+        (the batcher then merges them into the next run) and gives every connection its turn. The hand-off costs
+        CPU and latency of its own, though, so a call expected to take less than `inline_below` runs in the calling
+        greenlet when the worker has no other client connection (`alone`): nobody waits behind it. A/B with
+        `python -m bench.ab`, one client: h32 1x50 inline cut the CPU per request by 30 % (806 to 565 us) and p50
+        latency from 0.81 to 0.57 ms; h128 1x50 by 18 % (1.51 to 1.25 ms); at 8 and 32 connections nothing changed.
+        Inline regardless of load was tried and is not done: at 8 connections it saved 2-16 % of CPU but made p99
+        up to 1.6x worse, and at 32 it cost 13 % of throughput, because requests are not read while the model runs,
+        so fewer of them merge."""
         features = feeds["features"]
-        if features.shape[0] * features.shape[1] * self.cell_seconds < self.inline_below:
+        expected = features.shape[0] * features.shape[1] * self.cell_seconds
+        if expected < self.inline_below and self.alone(requests):
             outputs = self.session.run(self.output_names, feeds)
             yield_now()  # as fair to the other connections as a hand-off would have been
             return outputs

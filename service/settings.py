@@ -54,7 +54,7 @@ class Settings:
     require_gpu: bool = False  # a CPU fallback makes the service not ready
     intra_op_threads: int = 0  # 0: cores / workers
     warmup_timesteps: int = 100
-    inline_below_ms: float = 0.0  # gevent: model calls expected to be shorter run inline (0: always hand off)
+    inline_below_ms: float = 5.0  # gevent: shorter model calls run inline when the worker has no other (0: never)
     poll_interval: float = 0.0  # seconds between repository scans; 0: load once at start
     strict_readiness: bool = False  # ready only when every version is; default: every model has a ready version
     state_dir: str = ""  # shared by the workers of one server (gunicorn.conf.py sets it): readiness across workers

@@ -20,9 +20,9 @@ The whole worker runs gunicorn's stock `handle` instead when the app has no lane
 another app, such as the benchmark's bare endpoint) or when gunicorn is configured for something this path does
 not do: TLS, cleartext HTTP/2, the PROXY protocol, gunicorn's access log, or request hooks of one's own.
 
-Model calls shorter than `SEQSERVE_INLINE_BELOW_MS` run in the request's greenlet (service/runtime.py); such a
-greenlet never waits, so after its answer it yields once before it reads its connection's next request: without
-that, a client that sends its next request at once would keep the worker to itself.
+A model call shorter than `SEQSERVE_INLINE_BELOW_MS` runs in the request's greenlet when its connection is the
+worker's only one (`handle` counts them; service/runtime.py); such a greenlet never waits, so after its answer it
+yields once before it reads its connection's next request.
 """
 
 from __future__ import annotations
@@ -135,10 +135,13 @@ class LaneWorker(GeventWorker):
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
-        from service.lane import lane_of  # the app's modules load in the worker only, never in the master
+        from service.concurrency import occupancy  # the app's modules load in the worker only, never in the master
+        from service.lane import lane_of
 
         self.lane = lane_of(self.wsgi) if self._plain_gunicorn() else None
         self.head_limits = head_limits(self.cfg)
+        self.occupancy = occupancy
+        occupancy.tracking = self.lane is not None  # every connection then passes `handle`, which counts it
 
     def _plain_gunicorn(self) -> bool:
         """gunicorn is set up for nothing that only its own request handling does."""
@@ -158,7 +161,8 @@ class LaneWorker(GeventWorker):
             return
         client.setblocking(1)
         try:
-            Connection(self, listener, client, addr).serve()
+            with self.occupancy:  # open connections: short model calls go inline when there is only one
+                Connection(self, listener, client, addr).serve()
         finally:
             util.close(client)
 

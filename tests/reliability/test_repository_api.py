@@ -177,9 +177,9 @@ def test_a_drain_waits_for_the_running_batch_and_refuses_nothing(versions_reposi
     runtime = ModelRuntime(entry.path, manifest, "cpu", 1)
     gate = threading.Event()
 
-    def held_run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def held_run(inputs: dict[str, np.ndarray], requests: int) -> dict[str, np.ndarray]:
         gate.wait(10)
-        return runtime.run(inputs)
+        return runtime.run(inputs, requests)
 
     batcher = AdaptiveBatcher(held_run, manifest, max_sequences=8, max_cells=4096, max_queue=4)
     inputs = {"features": FEATURES, "lengths": np.array([12, 12])}

@@ -53,12 +53,13 @@ class Gate:
     """Holds the first run until every request is queued, so the rest must merge."""
 
     def __init__(self, runtime: ModelRuntime) -> None:
-        self.runtime, self.open, self.runs = runtime, threading.Event(), []
+        self.runtime, self.open, self.runs, self.requests = runtime, threading.Event(), [], []
 
-    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, inputs: dict[str, np.ndarray], requests: int) -> dict[str, np.ndarray]:
         self.open.wait(10)
         self.runs.append(inputs["features"].shape[0])
-        return self.runtime.run(inputs)
+        self.requests.append(requests)
+        return self.runtime.run(inputs, requests)
 
     def submit_all(self, batcher: AdaptiveBatcher, work: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
         """Submit every request at once while the first run is held, so that the others queue; then open."""
@@ -95,6 +96,8 @@ def test_batched_results_equal_unbatched(model_repository, name):
     results = gate.submit_all(batcher, work)
     assert max(sizes) > 1, "nothing was merged"
     assert sum(sizes) == sum(w["features"].shape[0] for w in work)
+    assert sum(gate.requests) == len(work)  # the runtime hears how many requests each run holds
+    assert max(gate.requests) > 1
     for inputs, got in zip(work, results, strict=True):
         expected = runtime.run(inputs)
         for key in ("probabilities", "logits"):
