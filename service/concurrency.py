@@ -15,27 +15,13 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def cooperative() -> bool:
-    """A gevent worker: `threading` is patched, and one OS thread runs every request's greenlet."""
-    monkey = sys.modules.get("gevent.monkey")
-    return monkey is not None and monkey.is_module_patched("threading")
-
-
 def offload(fn: Callable[..., T], *args: object) -> T:
-    if cooperative():
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("threading"):
         import gevent
 
         return gevent.get_hub().threadpool.apply(fn, args)
     return fn(*args)
-
-
-def yield_now() -> None:
-    """Let the worker's other greenlets run (gevent): a greenlet that never blocks would keep its connection's
-    requests going back to back while the others wait (their latency then grows without bound)."""
-    if cooperative():
-        import gevent
-
-        gevent.sleep(0)
 
 
 class Occupancy:

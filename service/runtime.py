@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from modelrepo.manifest import Manifest
-from service.concurrency import offload, yield_now
+from service.concurrency import offload
 
 log = logging.getLogger(__name__)
 CUDA = "CUDAExecutionProvider"
@@ -136,9 +136,7 @@ class ModelRuntime:
         features = feeds["features"]
         expected = features.shape[0] * features.shape[1] * self.cell_seconds
         if expected < self.inline_below and self.alone(requests):
-            outputs = self.session.run(self.output_names, feeds)
-            yield_now()  # as fair to the other connections as a hand-off would have been
-            return outputs
+            return self.session.run(self.output_names, feeds)  # the worker yields after each answer
         return offload(self.session.run, self.output_names, feeds)
 
     def state_wiring_error(self, steps: int = 12, split: int = 5) -> float:
