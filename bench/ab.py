@@ -24,13 +24,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import payloads
+from bench import fixtures, payloads, raw
 from bench.contenders import ROOT, CpuBudget
 from bench.loadgen import LoadResult, run_wrk
 from bench.matrix import V1, V2
 from bench.servers import PortAllocator, Server
 
 SEQSERVE = "service:create_app()"
+RAW = "raw"  # the pseudo-side of --raw
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,8 @@ class Cell:
             raise argparse.ArgumentTypeError(f"--cell {spec!r}: expected MODEL/FORMAT/SCENARIO/CLIENTS") from None
         if body not in payloads.ENCODERS:
             raise argparse.ArgumentTypeError(f"--cell {spec!r}: format is one of {sorted(payloads.ENCODERS)}")
+        if scenario not in (names := [s.name for s in payloads.SCENARIOS]):
+            raise argparse.ArgumentTypeError(f"--cell {spec!r}: scenario is one of {names}")
         return cell
 
     def path(self, side: Side) -> str:
@@ -111,16 +114,18 @@ def measure(server: Server, url: str, body: payloads.Body, concurrency: int, sec
     return dataclasses.replace(result, cpu_s=None if before is None or after is None else after - before)
 
 
-def report(cell: Cell, sides: list[Side], measured: dict[tuple[Cell, str], list[LoadResult]]) -> str:
+def report(cell: Cell, names: list[str], measured: dict[tuple[Cell, str], list[LoadResult]]) -> str:
     lines = [f"{cell}:"]
-    for side in sides:
-        runs = measured[cell, side.name]
+    limit = statistics.median(r.rps for r in measured[cell, RAW]) if (cell, RAW) in measured else None
+    for name in names:
+        runs = measured[cell, name]
         cpu = [r.cpu_us_per_request or float("nan") for r in runs]
         rps, p50, p99 = (statistics.median(getattr(r, k) for r in runs) for k in ("rps", "p50_ms", "p99_ms"))
         errors = sum(r.errors for r in runs)
         lines.append(
-            f"  {side.name:>12}: {rps:8,.0f} req/s  {statistics.median(cpu):7,.0f} us CPU/req "
+            f"  {name:>12}: {rps:8,.0f} req/s  {statistics.median(cpu):7,.0f} us CPU/req "
             f"(range {min(cpu):,.0f}-{max(cpu):,.0f})  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms"
+            + (f"  {rps / limit:6.1%} of raw" if limit and name != RAW else "")
             + (f"  {errors} errors" if errors else "")
         )
     return "\n".join(lines)
@@ -135,10 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=int, default=5, help="whole seconds per measurement")
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--raw", action="store_true", help="add onnxruntime in-process (the limit) to the rounds")
     a = p.parse_args(argv)
     sides = with_env(a.side, a.env)
-    if len({s.name for s in sides}) != len(sides):
-        raise SystemExit("--side: every side needs its own name")
+    names = [s.name for s in sides] + ([RAW] if a.raw else [])
+    if len(set(names)) != len(names):
+        raise SystemExit(f"--side: every side needs its own name, other than {RAW!r} with --raw")
+    models = fixtures.build_models(a.results) if a.raw else {}
     bodies = payloads.write_bodies(a.results / "bodies")
     budget, ports, order = CpuBudget.service_defaults(), PortAllocator(18700), random.Random(a.seed)
     measured: dict[tuple[Cell, str], list[LoadResult]] = {}
@@ -155,15 +163,20 @@ def main(argv: list[str] | None = None) -> int:
                 body = bodies[cell.body, cell.scenario]
                 run_wrk(servers[side.name].base_url + cell.path(side), body, cell.concurrency, 1)
         for round_ in range(a.rounds):
-            pairs = list(itertools.product(a.cell, sides))
+            pairs = list(itertools.product(a.cell, names))
             order.shuffle(pairs)
-            for cell, side in pairs:
-                server, body = servers[side.name], bodies[cell.body, cell.scenario]
-                result = measure(server, server.base_url + cell.path(side), body, cell.concurrency, a.seconds)
-                measured.setdefault((cell, side.name), []).append(result)
+            for cell, name in pairs:
+                if name == RAW:
+                    features, threads = payloads.scenario(cell.scenario).features(), budget.intra_op_threads
+                    result = raw.measure(models[cell.model], features, budget.workers, threads, a.seconds)
+                else:
+                    server, body = servers[name], bodies[cell.body, cell.scenario]
+                    side = next(s for s in sides if s.name == name)
+                    result = measure(server, server.base_url + cell.path(side), body, cell.concurrency, a.seconds)
+                measured.setdefault((cell, name), []).append(result)
             print(f"round {round_ + 1}/{a.rounds} done", file=sys.stderr)
     for cell in a.cell:
-        print(report(cell, sides, measured))
+        print(report(cell, names, measured))
     return 0
 
 

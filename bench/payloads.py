@@ -37,6 +37,11 @@ class Scenario:
 SCENARIOS = (Scenario(1, 50), Scenario(64, 50), Scenario(1, 500))
 
 
+def scenario(name: str) -> Scenario:
+    """The scenario named `BxT` ("64x50")."""
+    return next(s for s in SCENARIOS if s.name == name)
+
+
 @dataclass(frozen=True)
 class Body:
     """What one request sends: the body file and its headers ("Name: value")."""

@@ -120,12 +120,8 @@ class Run:
     # ------------------------------------------------------------------------------------------- answers
 
     def expected(self, model: str, scenario: str) -> np.ndarray:
-        features = self.scenario(scenario).features()
+        features = payloads.scenario(scenario).features()
         return SequenceSession(self.models[model].onnx).probabilities(features)
-
-    @staticmethod
-    def scenario(name: str) -> payloads.Scenario:
-        return next(s for s in payloads.SCENARIOS if s.name == name)
 
     def url(self, cell: Cell) -> str:
         contender = CONTENDERS[cell.contender]
@@ -180,10 +176,8 @@ class Run:
     def measure(self, cell: Cell, seconds: float) -> LoadResult:
         if cell.contender == "raw":
             budget = self.options.budget
-            features = self.scenario(cell.scenario).features()
-            cpu = time.process_time()
-            result = raw.measure(self.models[cell.model], features, budget.workers, budget.intra_op_threads, seconds)
-            return dataclasses.replace(result, cpu_s=time.process_time() - cpu)
+            features = payloads.scenario(cell.scenario).features()
+            return raw.measure(self.models[cell.model], features, budget.workers, budget.intra_op_threads, seconds)
         body = self.bodies[CONTENDERS[cell.contender].body, cell.scenario]
         server = self.servers[CONTENDERS[cell.contender].server]
         cpu = server.cpu_seconds()

@@ -28,6 +28,7 @@ def test_side_and_cell_specs():
         (Cell.parse, "h32/v1-json/1x50"),
         (Cell.parse, "h32/protobuf/1x50/8"),
         (Cell.parse, "h32/v1-json/1x50/eight"),
+        (Cell.parse, "h32/v1-json/2x7/8"),
     ],
 )
 def test_bad_specs_are_refused(parse, spec):
