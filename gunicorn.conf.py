@@ -2,7 +2,7 @@
 read through `service.settings` (where every default lives).
 
 Worker class, chosen by measurement (docs/benchmarks.md): gevent. One OS thread per worker, a greenlet per
-connection, and onnxruntime calls handed to gevent's pool of real threads (service/concurrency.py), so requests
+connection, and onnxruntime calls handed to a pool of real threads (service/concurrency.py), so requests
 keep being parsed and queued while a model computes; the adaptive batcher merges what queued. On the 2-core
 development machine this used ~30 % less CPU per small request than gthread (where 16 threads per worker fight
 over the GIL) and twice the throughput with batching on a 128-unit LSTM at 32 clients. `SEQSERVE_WORKER_CLASS=
