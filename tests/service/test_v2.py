@@ -113,6 +113,24 @@ def test_v2_error_envelope_through_tritonclient(client):
     assert missing.value.status() == "404"
 
 
+def test_non_finite_values_are_refused_in_sequences_and_in_padding(client):
+    """V2 takes the features tensor as given, padding past `lengths` included: a NaN there is refused too."""
+    features, lengths = batch(4)
+    cases = [
+        ((1, 2, 4), r"sequences\[1\]\[2\]\[4\]: value nan is not finite"),  # inside sequence 1 (3 steps)
+        ((1, 5, 0), r"input 'features': holds values that are not finite"),  # past its length: padding
+    ]
+    for (i, t, f), message in cases:
+        bad = features.copy()
+        bad[i, t, f] = np.nan
+        inputs = [triton.InferInput("features", list(bad.shape), "FP32"), triton.InferInput("lengths", [3], "INT64")]
+        inputs[0].set_data_from_numpy(bad, binary_data=True)
+        inputs[1].set_data_from_numpy(lengths, binary_data=True)
+        with pytest.raises(InferenceServerException, match=message) as raised:
+            client.infer("lstm_step", inputs)
+        assert raised.value.status() == "400"
+
+
 def test_nested_json_data_is_accepted(app_client):
     features, _lengths = batch(3)
     flat = app_client.post(
