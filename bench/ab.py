@@ -143,8 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--raw", action="store_true", help="add onnxruntime in-process (the limit) to the rounds")
     a = p.parse_args(argv)
     sides = with_env(a.side, a.env)
-    names = [s.name for s in sides] + ([RAW] if a.raw else [])
-    if len(set(names)) != len(names):
+    by_name = {s.name: s for s in sides}
+    names = [*by_name, *([RAW] if a.raw else [])]
+    if len(by_name) != len(sides) or (a.raw and RAW in by_name):
         raise SystemExit(f"--side: every side needs its own name, other than {RAW!r} with --raw")
     models = fixtures.build_models(a.results) if a.raw else {}
     bodies = payloads.write_bodies(a.results / "bodies")
@@ -170,9 +171,8 @@ def main(argv: list[str] | None = None) -> int:
                     features, threads = payloads.scenario(cell.scenario).features(), budget.intra_op_threads
                     result = raw.measure(models[cell.model], features, budget.workers, threads, a.seconds)
                 else:
-                    server, body = servers[name], bodies[cell.body, cell.scenario]
-                    side = next(s for s in sides if s.name == name)
-                    result = measure(server, server.base_url + cell.path(side), body, cell.concurrency, a.seconds)
+                    server, body, path = servers[name], bodies[cell.body, cell.scenario], cell.path(by_name[name])
+                    result = measure(server, server.base_url + path, body, cell.concurrency, a.seconds)
                 measured.setdefault((cell, name), []).append(result)
             print(f"round {round_ + 1}/{a.rounds} done", file=sys.stderr)
     for cell in a.cell:

@@ -5,11 +5,11 @@ threads keep running. Under gevent workers (one OS thread, many greenlets) a pla
 greenlet of the worker for its whole duration, so it goes to a pool of real threads instead, and the calling
 greenlet yields until it returns.
 
-That pool is `NativePool`, not gevent's `ThreadPool`. gevent's costs about 130 us of CPU per call on this
+That pool is `NativePool`, not gevent's `ThreadPool`. gevent's costs about 120 us of CPU per call on this
 project's development machine (a Python-level queue and condition, an async watcher made and started per call,
-the pool resized on each spawn), as much as onnxruntime's whole run of a 1x50 request, and 80 us a call with 8
+the pool resized on each spawn), as much as onnxruntime's whole run of a 1x50 request, and 76 us a call with 8
 greenlets calling at once. `NativePool` hands a call over through C-level queues and one async watcher per hub:
-80 us for a lone call (two OS thread wake-ups) and 13 us with 8 greenlets calling (`python -m bench.handoff`).
+89 us for a lone call (two OS thread wake-ups) and 20 us with 8 greenlets calling (`python -m bench.handoff`).
 """
 
 from __future__ import annotations
@@ -59,8 +59,10 @@ class NativePool:
         import _queue
 
         from gevent import monkey
+        from gevent.hub import Waiter
 
         self.hub = hub
+        self._waiter = Waiter
         self.max_threads = max_threads
         self.threads = 0
         self.busy = 0
@@ -72,9 +74,7 @@ class NativePool:
         self._watcher.start(self._deliver)
 
     def apply(self, fn: Callable[..., T], *args: object) -> T:
-        from gevent.hub import Waiter
-
-        waiter = Waiter(self.hub)
+        waiter = self._waiter(self.hub)
         self.busy += 1
         if self.busy == 1:
             self._watcher.ref = True
