@@ -100,6 +100,16 @@ def wait_for(server: Server, path: str, timeout: float = 60.0) -> None:
     raise RuntimeError(f"{path} not 200 within {timeout}s:\n{server.logs()}")
 
 
+def run_gevent_script(script: str, *args: str) -> Any:
+    """Run `script` (which monkey-patches with gevent first) in a fresh interpreter from the repository root, and
+    return the JSON of its last printed line. Patching this pytest process would change every other test."""
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return orjson.loads(done.stdout.strip().splitlines()[-1])
+
+
 @pytest.fixture(scope="session")
 def server(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The default configuration (adaptive batching on), shared by the tests that do not change settings."""

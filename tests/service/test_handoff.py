@@ -4,11 +4,9 @@ blocking native calls (`time.sleep` in C, onnxruntime's session) on real OS thre
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
+
+from tests.service.conftest import run_gevent_script
 
 SCRIPT = textwrap.dedent(
     """
@@ -97,15 +95,7 @@ SCRIPT = textwrap.dedent(
 
 
 def test_native_pool_under_gevent(model_repository):
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(model_repository)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    got = json.loads(done.stdout.strip().splitlines()[-1])
+    got = run_gevent_script(SCRIPT, str(model_repository))
     assert got["value"] == [42, True], "the call should run on another OS thread and return its value"
     assert got["ticks_during_call"] >= 5, "other greenlets should run while a call blocks its thread"
     assert got["error"] == ["'missing'", True]

@@ -5,13 +5,11 @@ the OS thread that ran `InferenceSession.run` says whether it was inline or hand
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 from service.concurrency import Occupancy
+from tests.service.conftest import run_gevent_script
 
 SCRIPT = textwrap.dedent(
     """
@@ -67,15 +65,7 @@ SCRIPT = textwrap.dedent(
 
 
 def run_under_gevent(repository: Path, inline_below: float) -> dict:
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(repository), str(inline_below)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_gevent_script(SCRIPT, str(repository), str(inline_below))
 
 
 def test_a_short_call_runs_inline_only_when_alone(model_repository):
