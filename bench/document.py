@@ -104,7 +104,8 @@ def _method(run: Run) -> list[str]:
         "targets are shown for both settings. Every gunicorn (seqserve and the bare endpoint) parses requests with "
         'gunicorn-h1c (`http_parser = "fast"`).',
         "- **bare Flask+gunicorn:** `bench/apps/bare.py` under the same gunicorn.conf.py, worker class and workers: "
-        "reads the body, answers a constant.",
+        "reads the body, answers a constant. It also reads the 64x50 bodies (the JSON one, and the V2 binary one as "
+        "*V2 binary body*): what receiving them costs with no work done, which the 64x50 targets' reasons quote.",
         "- **naive tutorial server:** `bench/apps/naive.py`: Flask's built-in server via `app.run()` (threaded, as "
         "tutorials start it), PyTorch eager with default threads, `models.checkpoint.load(run/checkpoint.pt)`, "
         "`request.get_json()` -> `torch.tensor` -> `model(features, lengths)` + softmax -> `jsonify` with class-name "

@@ -23,6 +23,7 @@ class Contender:
     per_model: bool = True
 
 
+BARE_BINARY = "bare Flask+gunicorn (constant), V2 binary body"
 V1 = "/v1/models/{model}/predict"
 V2 = "/v2/models/{model}/infer"
 
@@ -38,6 +39,7 @@ CONTENDERS = {
         Contender("quiet-v2", "seqserve V2 binary, access log off", "seqserve-quiet", "v2-binary", V2, "v2"),
         Contender("seqserve-nobatch", "seqserve v1 JSON, batching off", "seqserve-nobatch", "v1-json", V1, "v1-json"),
         Contender("bare", "bare Flask+gunicorn (constant)", "bare", "v1-json", "/predict", "constant", per_model=False),
+        Contender("bare-binary", BARE_BINARY, "bare", "v2-binary", "/predict", "constant", per_model=False),
         Contender("naive", "naive Flask+PyTorch tutorial", "naive", "v1-json", "/models/{model}/predict", "v1-json"),
         Contender("kserve-binary", "KServe V2 binary", "kserve", "v2-binary", V2, "v2"),
         Contender("kserve-json", "KServe V2 JSON", "kserve", "v2-json", V2, "v2"),
@@ -76,6 +78,7 @@ def full(models: list[str]) -> list[Cell]:
     cells += _cells(["seqserve-nobatch"], [large], ["1x50"], [1, 8, 32])
     cells += _cells(["quiet-json", "quiet-binary", "quiet-v2"], models, small, [8])
     cells += _cells(["bare"], models, ["1x50"], [1, 8, 32])
+    cells += _cells(["bare", "bare-binary"], models, ["64x50"], [8])  # what reading the 64x50 bodies costs alone
     cells += _cells(
         ["naive", "kserve-binary", "kserve-json", "mlserver-json", "mlserver-pool-json"], models, small, [8]
     )
@@ -87,7 +90,8 @@ def quick(models: list[str]) -> list[Cell]:
     cells = _cells(["seqserve-json"], [first], ["1x50", "64x50"], [8])
     cells += _cells(["seqserve-binary", "seqserve-v2"], [first], ["64x50"], [8])
     cells += _cells(["raw"], [first], ["64x50"], [])
-    cells += _cells(["bare"], [first], ["1x50"], [8])
+    cells += _cells(["bare"], [first], ["1x50", "64x50"], [8])
+    cells += _cells(["bare-binary"], [first], ["64x50"], [8])
     cells += _cells(["naive"], [first], ["64x50"], [8])
     cells += _cells(["kserve-binary", "mlserver-json", "mlserver-pool-json"], [first], ["1x50", "64x50"], [8])
     cells += _cells(["seqserve-json", "seqserve-nobatch"], [large], ["1x50"], [1, 32])

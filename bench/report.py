@@ -137,17 +137,21 @@ def _cpu(s: Summary | None) -> float:
     return s.cpu_us if s is not None and s.cpu_us else float("nan")
 
 
-def _beyond_model(goal: float) -> Why:
+def _beyond_model(goal: float, bare: Summary | None = None) -> Why:
     """Against raw onnxruntime: what the server spends per request beyond the model's own run, and what the goal
-    leaves for it (every side here is bound by the same 2 cores, so req/s go as the inverse of CPU per request)."""
+    leaves for it (every side here is bound by the same 2 cores, so req/s go as the inverse of CPU per request);
+    with `bare`, what the bare endpoint spends receiving the same body and answering a constant."""
 
     def why(ours: Summary, raw: Summary) -> str:
         beyond, budget = _cpu(ours) - _cpu(raw), _cpu(raw) * (1 / goal - 1)
-        return (
+        text = (
             f"the model's run costs {_cpu(raw):,.0f} us CPU; the server spends {beyond:,.0f} us per request beyond "
             "it (the kernel receiving and sending the bodies, parsing and checking them, the hand-off to "
             f"onnxruntime's thread, the answer), where {goal:.0%} of raw's req/s leaves {budget:,.0f} us"
         )
+        if bare is not None and bare.cpu_us:
+            text += f"; the bare endpoint spends {bare.cpu_us:,.0f} us receiving the same body and answering a constant"
+        return text
 
     return why
 
@@ -201,8 +205,8 @@ def _issue4(t: Targets, models: list[str]) -> None:
             ("seqserve-binary", "v1 binary", 0.75),
             ("seqserve-v2", "V2 binary", 0.75),
         ):
-            ours = t.get(key, m, "64x50", 8)
-            t.ratio(f"{m} 64x50 c8: {what} vs raw onnxruntime", goal, ours, raw, why=_beyond_model(goal))
+            ours, bare = t.get(key, m, "64x50", 8), _bare_for(t, key)
+            t.ratio(f"{m} 64x50 c8: {what} vs raw onnxruntime", goal, ours, raw, why=_beyond_model(goal, bare))
     for m in models:
         bare, alone = t.get("bare", "-", "1x50", 8), t.get("raw", m, "1x50", RAW_CONCURRENCY)
         ours = t.get("seqserve-json", m, "1x50", 8)
@@ -241,9 +245,16 @@ def _issue9(t: Targets, small: str) -> None:
         t.cpu_ratio(name, 1.6, one, bare, why=_beyond_bare(alone))
         name = f"{small} 1x50 c8, {setting}: best seqserve vs KServe's best"
         t.ratio(name, 1.3, best, kserve, why=_against_peer(alone, 1.3))
-        for what, goal, ours in (("V2 binary", 0.75, v2), ("v1 raw float32", 0.70, binary), ("v1 JSON", 0.35, json)):
+        for key, what, goal, ours in zip(
+            keys, ("v1 JSON", "v1 raw float32", "V2 binary"), (0.35, 0.70, 0.75), (json, binary, v2), strict=True
+        ):
             name = f"{small} 64x50 c8 {what}, {setting}: vs raw onnxruntime"
-            t.ratio(name, goal, ours, raw, why=_beyond_model(goal))
+            t.ratio(name, goal, ours, raw, why=_beyond_model(goal, _bare_for(t, key)))
+
+
+def _bare_for(t: Targets, key: str) -> Summary | None:
+    """The bare endpoint on a 64x50 body as large as the one contender `key` sends (JSON, or binary)."""
+    return t.get("bare" if CONTENDERS[key].body.endswith("json") else "bare-binary", "-", "64x50", 8)
 
 
 def _added_p50(t: Targets, model: str) -> Target:

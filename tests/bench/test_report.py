@@ -17,6 +17,9 @@ def measured(v2_rps: float, v2_cpu: float) -> dict[Cell, Summary]:
         Cell("h32", "64x50", 8, "seqserve-v2"): summary(v2_rps, v2_cpu, 64),
         Cell("h32", "1x50", RAW_CONCURRENCY, "raw"): summary(13_000, 150),
         Cell("-", "1x50", 8, "bare"): summary(3_300, 540),
+        Cell("-", "64x50", 8, "bare-binary"): summary(2_000, 470),
+        Cell("h32", "64x50", 8, "seqserve-json"): summary(150, 12_000, 64),
+        Cell("-", "64x50", 8, "bare"): summary(900, 1_300),
         Cell("h32", "1x50", 8, "seqserve-json"): summary(1_100, 1_700),
     }
 
@@ -31,12 +34,16 @@ def test_a_miss_says_why_from_the_measured_cpu_and_a_pass_says_nothing():
     v2 = find(found, "h32 64x50 c8: V2 binary vs raw onnxruntime")
     assert (v2.passed, v2.value) == (False, "35.0% (280 / 800 req/s)")
     assert "the model's run costs 2,300 us CPU; the server spends 3,200 us per request beyond it" in v2.remark
-    assert v2.remark.endswith("where 75% of raw's req/s leaves 767 us")  # 2,300 x (1 / 0.75 - 1)
+    assert "where 75% of raw's req/s leaves 767 us" in v2.remark  # 2,300 x (1 / 0.75 - 1)
+    assert v2.remark.endswith("the bare endpoint spends 470 us receiving the same body and answering a constant")
+    json = find(found, "h32 64x50 c8 v1 JSON, access log on: vs raw onnxruntime")
+    assert json.passed is False
+    assert json.remark.endswith("the bare endpoint spends 1,300 us receiving the same body and answering a constant")
     bare = find(found, "h32 1x50 c8 JSON, access log on: server CPU vs bare Flask+gunicorn")
     assert bare.passed is False
     assert "a prediction adds 1,160 us: onnxruntime's own 150 us" in bare.remark
     assert "why: the model's run costs 2,300 us" in "\n".join(targets_table(found))
-    unmeasured = find(found, "h32 64x50 c8: JSON vs raw onnxruntime")
+    unmeasured = find(found, "h32 64x50 c8: v1 binary vs raw onnxruntime")
     assert (unmeasured.passed, unmeasured.remark) == (None, "")
 
     passing = find(targets(measured(v2_rps=700, v2_cpu=2_700), ["h32"]), "h32 64x50 c8: V2 binary vs raw onnxruntime")
