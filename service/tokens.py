@@ -45,7 +45,7 @@ _U8, _U16 = struct.Struct("<B"), struct.Struct("<H")  # name lengths, tensor cou
 _MAC_BYTES = hashlib.sha256().digest_size
 _BASE64URL = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"  # in the order of their values
 _TO_BASE64 = bytes.maketrans(b"-_", b"+/")
-_UNUSED_BITS = {2: 0b1111, 3: 0b11}  # of the last character, by the encoding's length mod 4: zero when canonical
+_UNUSED_BITS = {0: 0, 2: 0b1111, 3: 0b11}  # of the last character, by the encoding's length mod 4: zero when canonical
 _RESEND = "send the token exactly as the last answer gave it"
 
 Reason = Literal["malformed", "truncated", "bad_signature", "other_model", "expired"]
@@ -98,8 +98,9 @@ class TokenCodec:
         signed = _framed(raw)
         if not hmac.compare_digest(raw[len(signed) :], self._mac(signed)):
             raise _bad_signature()
-        if _BASE64URL.index(text[-1].encode("ascii")) & _UNUSED_BITS.get(len(text) % 4, 0):
-            raise _bad_signature()  # only unused low bits of the last character differ: altered all the same
+        rest = len(text) % 4  # 1: a character past a whole encoding, which decoding left out
+        if rest == 1 or _BASE64URL.index(text[-1].encode("ascii")) & _UNUSED_BITS[rest]:
+            raise _bad_signature()  # the same bytes, but not the characters that were signed: altered all the same
         state = _unpack_body(signed[_HEADER.size :])
         if state.model != model:
             raise TokenError("other_model", f"state token was made for model {state.model!r}, not {model!r}")

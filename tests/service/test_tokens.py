@@ -109,6 +109,14 @@ def test_a_changed_unused_bit_of_the_last_character_is_refused(codec: TokenCodec
     assert refusal(codec, twin).reason == "bad_signature"
 
 
+def test_a_character_added_at_the_end_is_refused(codec: TokenCodec) -> None:
+    """A token one character longer than a whole encoding decodes to the same bytes when that character is cut off;
+    it is not the token that was signed all the same."""
+    token = next(t for h in range(1, 5) if len(t := codec.encode(lstm_state(layers=1, hidden=h))) % 4 == 0)
+    for extra in "AQw_":
+        assert refusal(codec, token + extra).reason == "bad_signature", extra
+
+
 def test_truncated_tokens_say_how_much_arrived(codec: TokenCodec) -> None:
     token = codec.encode(lstm_state(layers=1, hidden=16))
     full = len(raw(token))
