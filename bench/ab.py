@@ -69,8 +69,10 @@ class Cell:
             raise argparse.ArgumentTypeError(f"--cell {spec!r}: expected MODEL/FORMAT/SCENARIO/CLIENTS") from None
         if body not in payloads.ENCODERS:
             raise argparse.ArgumentTypeError(f"--cell {spec!r}: format is one of {sorted(payloads.ENCODERS)}")
-        if scenario not in (names := [s.name for s in payloads.SCENARIOS]):
-            raise argparse.ArgumentTypeError(f"--cell {spec!r}: scenario is one of {names}")
+        try:
+            payloads.scenario(scenario)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"--cell {spec!r}: {exc}") from None
         return cell
 
     def path(self, side: Side) -> str:

@@ -38,8 +38,11 @@ SCENARIOS = (Scenario(1, 50), Scenario(64, 50), Scenario(1, 500))
 
 
 def scenario(name: str) -> Scenario:
-    """The scenario named `BxT` ("64x50")."""
-    return next(s for s in SCENARIOS if s.name == name)
+    """The scenario named `BxT` ("64x50"); ValueError naming the others for any other name."""
+    found = next((s for s in SCENARIOS if s.name == name), None)
+    if found is None:
+        raise ValueError(f"scenario is one of {[s.name for s in SCENARIOS]}")
+    return found
 
 
 @dataclass(frozen=True)

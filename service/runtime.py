@@ -128,11 +128,11 @@ class ModelRuntime:
         model runs (the batcher then merges them into the next run) and gives every connection its turn. The hand-off
         costs CPU and latency of its own, though, so a call expected to take less than `inline_below` runs in the
         calling greenlet when the worker has no other client connection (`alone`): nobody waits behind it. A/B with
-        `python -m bench.ab`, one client, against the thread pool: h32 1x50 inline cut the CPU per request by 19 % (769
-        to 623 us) and p50 latency from 0.80 to 0.65 ms; h128 1x50 by 21 % (1.51 to 1.16 ms); at 8 and 32 connections
-        (with gevent's ThreadPool then) nothing changed. Inline regardless of load was tried and is not done: at 8
-        connections it saved 2-16 % of CPU but made p99 up to 1.6x worse, and at 32 it cost 13 % of throughput, because
-        requests are not read while the model runs, so fewer of them merge."""
+        `python -m bench.ab`, one client, against the thread pool: inline cut the CPU per request on h32 1x50 by 19 %
+        (769 to 623 us; p50 0.80 to 0.65 ms) and on h128 1x50 by 21 % (1,500 to 1,191 us; p50 1.51 to 1.16 ms); at 8
+        and 32 connections (with gevent's ThreadPool then) nothing changed. Inline regardless of load was tried and is
+        not done: at 8 connections it saved 2-16 % of CPU but made p99 up to 1.6x worse, and at 32 it cost 13 % of
+        throughput, because requests are not read while the model runs, so fewer of them merge."""
         features = feeds["features"]
         expected = features.shape[0] * features.shape[1] * self.cell_seconds
         if expected < self.inline_below and self.alone(requests):
