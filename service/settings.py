@@ -92,6 +92,7 @@ class Settings:
     worker_class: str = "gevent"
     worker_connections: int = 1000
     keepalive: int = 5
+    gc_threshold: int = 20_000  # each worker's cyclic GC: first-generation threshold (gunicorn.conf.py); 0: Python's
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDERS:
@@ -99,6 +100,8 @@ class Settings:
         for name in ("max_body_bytes", "max_sequences", "max_timesteps", "batch_max_sequences", "batch_max_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SEQSERVE_{name.upper()} must be >= 1, got {getattr(self, name)}")
+        if self.gc_threshold < 0:
+            raise ValueError(f"SEQSERVE_GC_THRESHOLD must be >= 0 (0: Python's own), got {self.gc_threshold}")
         if self.inspect_max_timesteps < 0:
             raise ValueError(
                 f"SEQSERVE_INSPECT_MAX_TIMESTEPS must be >= 0 (0: by head), got {self.inspect_max_timesteps}"

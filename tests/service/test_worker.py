@@ -8,6 +8,7 @@ timeout, a client that leaves mid-body, `max_requests`, and its own handling whe
 from __future__ import annotations
 
 import gzip
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from urllib.parse import urlsplit
 import pytest
 from gunicorn.config import Config
 
+from service.settings import Settings
 from service.worker import head_limits, parse_head
 from tests.service.conftest import Server, start_server
 from tests.service.test_lane import CASES, RID, V2_BINARY, V2_BINARY_HEADERS, X, _json
@@ -369,3 +371,30 @@ def test_gunicorn_configured_for_more_keeps_its_own_handling(model_repository, t
 
 def test_default_server_runs_the_lane_worker(server):
     assert "Using worker: service.worker.LaneWorker" in server.logs()
+
+
+GC_LINE = re.compile(r"worker (\d+): gc threshold \((\d+), (\d+), (\d+)\), (\d+) objects frozen")
+
+
+def test_each_worker_freezes_what_boot_made_and_raises_the_gc_threshold(server):
+    """gunicorn.conf.py's `_tune_gc`, as each worker reports the collector's state after it."""
+    found = {int(m[1]): m for m in GC_LINE.finditer(server.logs())}
+    assert len(found) == 2, server.logs()  # the default server's two workers, each once
+    for m in found.values():
+        assert int(m[2]) == Settings().gc_threshold
+        assert int(m[5]) > 10_000  # Flask, numpy, onnxruntime and the app: tens of thousands of objects
+
+
+def test_gc_threshold_zero_leaves_pythons_collector(model_repository, tmp_path):
+    s = start_server(model_repository, tmp_path / "gunicorn.log", workers=1, gc_threshold=0)
+    try:
+        assert s.post(V1, {"sequences": [X.tolist()]}).status_code == 200
+        assert "Booting worker" in s.logs()
+        assert not GC_LINE.search(s.logs())
+    finally:
+        assert s.stop() == 0, s.logs()
+
+
+def test_gc_threshold_must_not_be_negative():
+    with pytest.raises(ValueError, match="SEQSERVE_GC_THRESHOLD must be >= 0"):
+        Settings.from_mapping({"GC_THRESHOLD": "-1"})
