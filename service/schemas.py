@@ -137,15 +137,33 @@ class SequencesField(fields.Field):
             steps = list(chain.from_iterable(value))
             if not {type(steps[i // width][i % width]) for i in suspects} <= _NUMBER_TYPES:
                 return None
+        return self._batch(flat, list(map(len, value)))
+
+    def from_numbers(self, flat: np.ndarray, lengths: list[int]) -> Batch | None:
+        """The batch from numbers that a decoder of its own read, without a Python object per number (service/
+        codecs.py): `flat` holds every timestep's F numbers as float64, sequence by sequence, `lengths` each
+        sequence's timestep count. The caller has checked that every timestep is F numbers (no booleans); this
+        applies the limits and the rest of `_deserialize`'s checks, and returns None for anything they refuse (the
+        schema, run on the body, then says what and where)."""
+        if not 1 <= len(lengths) <= self.max_sequences or not 1 <= min(lengths) <= max(lengths) <= self.max_timesteps:
+            return None
+        if flat.size != sum(lengths) * len(self.feature_names):
+            return None
+        return self._batch(flat, lengths)
+
+    def _batch(self, flat: np.ndarray, counts: list[int]) -> Batch | None:
+        """float64 timesteps, sequence by sequence, as a float32 batch padded with zeros; None when a value is
+        beyond float32 (the slow path locates it)."""
+        width = len(self.feature_names)
         with np.errstate(over="ignore"):  # beyond float32 becomes inf, located by the slow path
             rows = flat.astype(np.float32).reshape(-1, width)
         if not np.isfinite(rows).all():
             return None
-        lengths = np.fromiter(map(len, value), dtype=np.int64, count=len(value))
+        lengths = np.array(counts, dtype=np.int64)
         if (lengths == lengths[0]).all():
-            return Batch(rows.reshape(len(value), int(lengths[0]), width), lengths)
+            return Batch(rows.reshape(len(counts), int(lengths[0]), width), lengths)
         longest = int(lengths.max())
-        features = np.zeros((len(value), longest, width), dtype=np.float32)
+        features = np.zeros((len(counts), longest, width), dtype=np.float32)
         features[np.arange(longest)[None, :] < lengths[:, None]] = rows  # row-major: sequence by sequence
         return Batch(features, lengths)
 
@@ -466,18 +484,21 @@ class InferRequestSchema(StrictSchema):
 # ------------------------------------------------------------------------------------------------ fast load
 
 
-def quick_load(schema: Schema, data: Any) -> dict[str, Any] | None:
+def quick_load(schema: Schema, data: Any, decoded: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The schema's own fields, without `Schema.load`'s per-call machinery (processors, error store, the unknown
     field pass), for a body that is all well-formed: a dict of known keys whose every field deserialises and
     validates. None for anything else, and then `schema.load` runs and writes the error. Only for schemas without
-    hooks (processors, schema validators), whose `load` is exactly its fields' deserialisation."""
+    hooks (processors, schema validators), whose `load` is exactly its fields' deserialisation. `decoded`: fields
+    that a decoder of their own already turned into their loaded value (`SequencesField.from_numbers`)."""
     if any(schema._hooks.values()):
         raise ValueError(f"{type(schema).__name__} has hooks: quick_load would skip them")
     if type(data) is not dict or not data.keys() <= schema.load_fields.keys():
         return None
-    loaded = {}
+    loaded = dict(decoded or {})
     try:
         for name, field in schema.load_fields.items():
+            if name in loaded:
+                continue
             value = field.deserialize(data.get(name, missing), name, data)
             if value is not missing:
                 loaded[name] = value

@@ -13,6 +13,8 @@ import numpy as np
 import orjson
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import CLASS_NAMES, FEATURE_NAMES
 
@@ -191,6 +193,110 @@ def test_model_listing(app_client, expected_provider):
     assert version["input_dim"] == len(FEATURE_NAMES)
     assert version["head"] == "per_timestep"
     assert app_client.get("/v1/models/gru_last").json()["versions"][0]["head"] == "last"
+
+
+NAMES6 = ("ax", "ay", "az", "gx", "gy", "gz")
+
+
+def _schema_path(schema, body: bytes):
+    """What orjson and marshmallow make of a body: the loaded dict, or the ValidationError."""
+    from marshmallow import ValidationError
+
+    try:
+        return schema.load(orjson.loads(body))
+    except (orjson.JSONDecodeError, ValidationError) as exc:
+        return exc
+
+
+def _same_load(fast, full) -> None:
+    assert fast.keys() == full.keys()
+    np.testing.assert_array_equal(fast["sequences"].features, full["sequences"].features)
+    np.testing.assert_array_equal(fast["sequences"].lengths, full["sequences"].lengths)
+    assert fast["sequences"].features.dtype == np.float32
+    assert (fast["outputs"], fast.get("id")) == (full["outputs"], full.get("id"))
+
+
+def test_json_numbers_path_equals_the_schema_or_declines():
+    """service.codecs._numbers_v1 (simdjson, no Python object per number) takes the common v1 body, however it is
+    spaced, and loads exactly what orjson and the schema load; it declines (None) every body whose shape it cannot
+    prove, above all those that `as_buffer`'s flattening alone would let through, so that the schema says what is
+    wrong."""
+    import json
+
+    from service.codecs import _numbers_v1
+    from service.schemas import predict_schema
+
+    schema = predict_schema(NAMES6, 4, 10)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(3, 4, 6)).astype(np.float32)
+    ragged = {"sequences": [x[0, :1].tolist(), x[1].tolist()], "outputs": ["logits", "labels"], "id": "a[b]c"}
+    taken = [
+        orjson.dumps({"sequences": x}, option=orjson.OPT_SERIALIZE_NUMPY),
+        json.dumps({"sequences": x.tolist()}).encode(),  # Python's separators: ", "
+        json.dumps(ragged, indent=2).encode(),
+        orjson.dumps({"id": "r", "sequences": [[[1, 0, 1.0, 0.0, 2, -1], [0.5] * 6]]}),  # ints, exact 0s and 1s
+        b'{"sequences":[[[-0.0,1e-45,3.4e38,18446744073709551615,-9223372036854775808,1E2]]]}',
+    ]
+    for body in taken:
+        fast = _numbers_v1(body, schema)
+        assert fast is not None, body
+        _same_load(fast, _schema_path(schema, body))
+    step = "[0,1,2,3,4,5]"
+    declined = {
+        "keyed timesteps (the schema's path reads them)": orjson.dumps({"sequences": [[dict.fromkeys(NAMES6, 1)]]}),
+        "a number in a nested one-element list": f'{{"sequences":[[{step},[[1],2,3,4,5,6]]]}}',
+        "a number for a timestep, a list one deeper": f'{{"sequences":[[7,[[1,2],3,4,5,6,7],{step}]]}}',
+        "an escaped bracket beside a nested list": '{"sequences":[[[[1],2,3,4,5,6]]],"id":"\\u005b"}',
+        "a boolean": f'{{"sequences":[[{step},[true,1,2,3,4,5]]]}}',
+        "null": '{"sequences":[[[null,1,2,3,4,5]]]}',
+        "a string": '{"sequences":[[["1",1,2,3,4,5]]]}',
+        "an object among numbers": '{"sequences":[[[{},1,2,3,4,5]]]}',
+        "uneven timesteps of the right total": '{"sequences":[[[0,1,2,3,4],[0,1,2,3,4,5,6]]]}',
+        "a timestep too short": '{"sequences":[[[0,1,2,3,4]]]}',
+        "beyond float32": f'{{"sequences":[[{step},[1e39,1,2,3,4,5]]]}}',
+        "an integer beyond 64 bits": '{"sequences":[[[123456789012345678901234567890,1,2,3,4,5]]]}',
+        "duplicate keys": f'{{"sequences":[[{step}]],"sequences":[[{step}]]}}',
+        "an unknown key": f'{{"sequences":[[{step}]],"extra":1}}',
+        "a byte order mark": f'\ufeff{{"sequences":[[{step}]]}}',
+        "too many sequences": '{"sequences":[' + ",".join([f"[{step}]"] * 5) + "]}",
+        "too many timesteps": '{"sequences":[[' + ",".join([step] * 11) + "]]}",
+        "an empty sequence": f'{{"sequences":[[{step}],[]]}}',
+        "no sequences": '{"sequences":[]}',
+        "an unknown output": f'{{"sequences":[[{step}]],"outputs":["nope"]}}',
+        "not an object": f"[[{step}]]",
+        "invalid JSON": f'{{"sequences":[[{step}]]',
+        "NaN": '{"sequences":[[[NaN,1,2,3,4,5]]]}',
+        "invalid UTF-8 in a string": b'{"sequences":[[[0,1,2,3,4,5]]],"id":"\xff"}',
+    }
+    for what, body in declined.items():
+        data = body if isinstance(body, bytes) else body.encode()
+        assert _numbers_v1(data, schema) is None, what
+    assert isinstance(_schema_path(schema, declined["a number in a nested one-element list"].encode()), Exception)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.data())
+def test_json_numbers_path_never_loads_what_the_schema_refuses(data):
+    """Random nestings of numbers, booleans, nulls and strings under `sequences`, spaced or not, with an `id` that
+    may hold brackets and escapes: whatever the numbers path loads, orjson and the schema load the same."""
+    import json
+
+    from service.codecs import _numbers_v1
+    from service.schemas import predict_schema
+
+    schema = predict_schema(NAMES6, 4, 10)
+    leaf = st.one_of(st.floats(-1e3, 1e3), st.integers(-5, 5), st.booleans(), st.none(), st.just("["))
+    step = st.one_of(st.lists(leaf, min_size=5, max_size=7), leaf, st.lists(st.lists(leaf, max_size=2), max_size=6))
+    exact = st.lists(st.floats(-1e3, 1e3), min_size=6, max_size=6)
+    value = st.lists(st.lists(st.one_of(exact, exact, step), min_size=0, max_size=3), min_size=0, max_size=3)
+    body: dict = {"sequences": data.draw(value)}
+    if data.draw(st.booleans()):
+        body["id"] = data.draw(st.text(alphabet='[]ab\\"', max_size=4))
+    text = json.dumps(body, indent=data.draw(st.sampled_from([None, 1]))).encode()
+    fast, full = _numbers_v1(text, schema), _schema_path(schema, text)
+    if fast is not None:
+        assert not isinstance(full, Exception), text
+        _same_load(fast, full)
 
 
 def test_quick_load_equals_the_schema_or_declines():
