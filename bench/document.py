@@ -53,8 +53,7 @@ def _validation(v: validation_cost.ValidationCost | str) -> list[str]:
     return [
         f"Model {v.model}: whole request {v.request_ms:.2f} ms (Flask's test client into the real app, which "
         f"takes it through its inference lane, `service/lane.py`), JSON parse "
-        f"(orjson) {v.parse_ms:.2f} ms, validation (the v1 codec's marshmallow fields, `quick_load`, incl. the "
-        f"float32 conversion) "
+        f"({v.parser}) {v.parse_ms:.2f} ms, validation ({v.validator}) "
         f"{v.validate_ms:.2f} ms = **{v.share:.1%}** of the request (budget <= {validation_cost.BUDGET:.0%}): "
         f"**{verdict}**. Medians of repeated calls.",
     ]

@@ -1,7 +1,9 @@
 """Issue 4's validation budget, measured in-process: what parsing and validating the 64 x 50 JSON payload costs
 next to the whole request. The whole request goes through Flask's test client into the real app (codecs,
 schema, dataplane, batcher, onnxruntime, response encoding), without sockets; the parts are the service's own
-functions on the same bytes: `codecs.decode_json` (orjson) and the model's marshmallow schema `load`."""
+functions on the same bytes, those the request runs: for a body the numbers path takes, `codecs.parse_v1`
+(simdjson) and `codecs.load_v1` (the shape checks, the float32 batch, the marshmallow fields of the rest);
+otherwise `codecs.decode_json` (orjson) and the model's schema through `quick_load`."""
 
 from __future__ import annotations
 
@@ -19,8 +21,10 @@ class ValidationCost:
     model: str
     payload: str
     request_ms: float  # the whole request, in-process
-    parse_ms: float  # JSON bytes -> Python objects
-    validate_ms: float  # marshmallow schema load -> float32 batch
+    parse_ms: float  # JSON bytes -> a parsed document
+    validate_ms: float  # the document -> the checked float32 batch
+    parser: str = "orjson, `codecs.decode_json`"
+    validator: str = "the v1 codec's marshmallow fields, `quick_load`, incl. the float32 conversion"
 
     @property
     def share(self) -> float:
@@ -69,14 +73,25 @@ def measure(repository: Path, model: str, payload: str, body: bytes, seconds: fl
         response = client.post(url, data=body, content_type="application/json")
         assert response.status_code == 200, response.get_data(as_text=True)[:200]
 
-    parsed = codecs.decode_json(body)
+    doc = codecs.parse_v1(body)
+    if doc is not None and codecs.load_v1(doc, body, schema) is not None:  # the path the request takes
+        paths = {
+            "parser": "simdjson, `codecs.parse_v1`",
+            "validator": "the shape checks, the float32 batch and the marshmallow fields of the rest, `codecs.load_v1`",
+        }
+        parse, validate = (lambda: codecs.parse_v1(body)), (lambda: codecs.load_v1(doc, body, schema))
+    else:
+        parsed, paths = codecs.decode_json(body), {}
+        parse = lambda: codecs.decode_json(body)  # noqa: E731
+        validate = lambda: quick_load(schema, parsed) or schema.load(parsed)  # noqa: E731
     try:
         return ValidationCost(
             model=model,
             payload=payload,
             request_ms=_median_ms(whole, seconds),
-            parse_ms=_median_ms(lambda: codecs.decode_json(body), seconds),
-            validate_ms=_median_ms(lambda: quick_load(schema, parsed) or schema.load(parsed), seconds),
+            parse_ms=_median_ms(parse, seconds),
+            validate_ms=_median_ms(validate, seconds),
+            **paths,
         )
     finally:
         close_app(app)

@@ -157,31 +157,39 @@ def _numbers_v1(body: bytes, schema: Schema) -> dict[str, Any] | None:
     the only other `[` are the ones in `outputs` and `id`, counted on their decoded values). None for any
     body that is not so (invalid JSON, a byte order mark, duplicate or unknown keys, keyed timesteps, numbers
     beyond float32, limits): orjson and the schema then decode it and say what is wrong, and where."""
+    doc = parse_v1(body)
+    return None if doc is None else load_v1(doc, body, schema)
+
+
+def parse_v1(body: bytes) -> Any:
+    """simdjson's document of a body that `_numbers_v1` may take; None for any other."""
     if body[:3] == b"\xef\xbb\xbf" or b"\\" in body:  # orjson refuses a BOM; escapes could hide a `[`
         return None
     try:
         doc = simdjson.Parser().parse(body)
     except (ValueError, RuntimeError):  # invalid JSON or UTF-8, integers beyond 64 bits
         return None
-    if type(doc) is not simdjson.Object or type(doc.get("sequences")) is not simdjson.Array:
-        return None
+    return doc if type(doc) is simdjson.Object and type(doc.get("sequences")) is simdjson.Array else None
+
+
+def load_v1(doc: Any, body: bytes, schema: Schema) -> dict[str, Any] | None:
+    """The checks and the float32 batch of `_numbers_v1`, on `parse_v1`'s document of `body`."""
     keys = list(doc.keys())
     if len(set(keys)) != len(keys) or not set(keys) <= schema.load_fields.keys():
         return None
     field: SequencesField = schema.load_fields["sequences"]
-    sequences = list(doc["sequences"])
-    steps = list(chain.from_iterable(s for s in sequences if type(s) is simdjson.Array))
+    try:
+        flat = np.frombuffer(doc["sequences"].as_buffer(of_type="d"), dtype=np.float64)  # numbers and arrays only
+        sequences = list(doc["sequences"])
+        steps = list(chain.from_iterable(sequences))  # TypeError: a number where a sequence goes
+        widths = set(map(len, steps))  # TypeError: a number where a timestep goes
+    except TypeError:  # or a leaf that is not a number (as_buffer)
+        return None
     rest = {k: _python(doc[k]) for k in keys if k != "sequences"}
     if (
-        set(map(type, sequences)) != {simdjson.Array}
-        or set(map(type, steps)) != {simdjson.Array}
-        or set(map(len, steps)) != {len(field.feature_names)}
+        widths != {len(field.feature_names)}
         or body.count(b"[") != 1 + len(sequences) + len(steps) + orjson.dumps(list(rest.values())).count(b"[") - 1
     ):
-        return None
-    try:
-        flat = np.frombuffer(doc["sequences"].as_buffer(of_type="d"), dtype=np.float64)
-    except TypeError:  # a leaf that is not a number
         return None
     batch = field.from_numbers(flat, list(map(len, sequences)))
     return None if batch is None else quick_load(schema, rest, {"sequences": batch})
