@@ -123,6 +123,7 @@ def mlserver(
         "debug": False,
         "gzip_enabled": False,
         "parallel_workers": parallel_workers,
+        "metrics_dir": str(folder / "metrics"),  # MLServer's default is `.metrics` in its working directory
     }
     _write_json(folder / "settings.json", settings)
     threads = budget.intra_op_threads * (budget.workers if parallel_workers == 0 else 1)
