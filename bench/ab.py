@@ -28,6 +28,7 @@ from bench import fixtures, payloads, raw
 from bench.contenders import ROOT, CpuBudget
 from bench.loadgen import LoadResult, run_wrk
 from bench.matrix import V1, V2
+from bench.report import paired
 from bench.servers import PortAllocator, Server
 
 SEQSERVE = "service:create_app()"
@@ -118,16 +119,17 @@ def measure(server: Server, url: str, body: payloads.Body, concurrency: int, sec
 
 def report(cell: Cell, names: list[str], measured: dict[tuple[Cell, str], list[LoadResult]]) -> str:
     lines = [f"{cell}:"]
-    limit = statistics.median(r.rps for r in measured[cell, RAW]) if (cell, RAW) in measured else None
+    limit = tuple(r.rps for r in measured[cell, RAW]) if (cell, RAW) in measured else ()
     for name in names:
         runs = measured[cell, name]
         cpu = [r.cpu_us_per_request or float("nan") for r in runs]
         rps, p50, p99 = (statistics.median(getattr(r, k) for r in runs) for k in ("rps", "p50_ms", "p99_ms"))
         errors = sum(r.errors for r in runs)
+        of_raw = paired(tuple(r.rps for r in runs), limit) if name != RAW else []  # within each round, as the report
         lines.append(
             f"  {name:>12}: {rps:8,.0f} req/s  {statistics.median(cpu):7,.0f} us CPU/req "
             f"(range {min(cpu):,.0f}-{max(cpu):,.0f})  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms"
-            + (f"  {rps / limit:6.1%} of raw" if limit and name != RAW else "")
+            + (f"  {statistics.median(of_raw):6.1%} of raw" if of_raw else "")
             + (f"  {errors} errors" if errors else "")
         )
     return "\n".join(lines)

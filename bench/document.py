@@ -87,7 +87,10 @@ def _method(run: Run) -> list[str]:
         "measurement, 10 s per-request timeout. Errors (non-2xx, socket errors, timeouts) are counted and excluded "
         "from req/s.",
         "- **Noise:** all servers run side by side, idle when not measured; each round runs every scenario's cells "
-        "in a new seeded random order; the table shows each metric's median over rounds.",
+        "in a new seeded random order; the table shows each metric's median over rounds. A target's ratio is the "
+        "median over rounds of the ratio within each round (its two sides run minutes apart, one scenario's cells "
+        "back to back, while a run's rounds sit up to half an hour apart, and this machine drifts), with each "
+        "round's ratio shown; where the rounds do not pair (a failed or truncated round), the ratio of the medians.",
         f"- **raw (the limit):** `session.run` in-process on the same batches, {b.workers} thread(s) (one per server "
         f"worker) each with its own session of {b.intra_op_threads} intra-op thread(s); onnxruntime releases the GIL "
         "so they run in parallel like the worker processes. Its p50/p99 are per `run` call, its CPU per `run`.",

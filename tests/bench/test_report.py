@@ -3,8 +3,12 @@ the CPU per request it measured (issue 9: "each target marked pass or miss with 
 
 from __future__ import annotations
 
+import statistics
+
 from bench.matrix import RAW_CONCURRENCY, Cell
-from bench.report import Summary, targets, targets_table
+from bench.report import Summary, paired, targets, targets_table
+
+RAW_64, V2_64 = Cell("h32", "64x50", RAW_CONCURRENCY, "raw"), Cell("h32", "64x50", 8, "seqserve-v2")
 
 
 def summary(rps: float, cpu_us: float, batch: int = 1) -> Summary:
@@ -62,3 +66,41 @@ def test_a_stream_miss_names_the_work_only_the_stream_request_does():
     batching = _batching_target("h128", 1, summary(865, 1_900), summary(778, 2_170))
     assert batching.passed is False
     assert "from 2,170 to 1,900 us" in batching.remark
+
+
+def rounds(rps: tuple[float, ...], cpu_us: tuple[float, ...], batch: int = 64) -> Summary:
+    return Summary(
+        rps=statistics.median(rps),
+        p50_ms=1.0,
+        p99_ms=2.0,
+        errors=0,
+        rounds=len(rps),
+        batch=batch,
+        steps=50,
+        cpu_us=statistics.median(cpu_us),
+        round_rps=rps,
+        round_cpu_us=cpu_us,
+    )
+
+
+def test_a_ratio_pairs_the_two_sides_within_each_round_not_their_medians():
+    # The machine slows from round to round: raw's medians pair ours of round 1 and 3 with raw's of round 2.
+    raw = rounds((2_400, 2_000, 1_600), (800, 960, 1_200))
+    ours = rounds((1_200, 1_500, 1_200), (1_600, 1_300, 1_600))
+    found = targets(measured(0, 0) | {RAW_64: raw, V2_64: ours}, ["h32"])
+    v2 = find(found, "h32 64x50 c8: V2 binary vs raw onnxruntime")
+    assert (v2.passed, v2.value) == (True, "75.0% (1200 / 2000 req/s; by round 50.0%, 75.0%, 75.0%)")
+    assert 1_200 / 2_000 < 0.75  # the ratio of the medians would have missed
+
+    one = find(targets(measured(0, 0) | {RAW_64: raw, V2_64: rounds((1_100, 1_300), (1_600, 1_300))}, ["h32"]), v2.name)
+    assert one.value == "60.0% (1200 / 2000 req/s)"  # rounds that do not pair: the medians, said plainly
+    assert paired((1.0, None), (2.0, 4.0)) == []
+    assert paired((3.0, 6.0), (2.0, 4.0)) == [1.5, 1.5]
+
+
+def test_a_cpu_ratio_pairs_the_rounds_too():
+    bare = rounds((3_000, 3_000, 3_000), (200, 300, 400), batch=1)
+    ours = rounds((2_000, 2_000, 2_000), (300, 330, 700), batch=1)
+    found = targets({Cell("-", "1x50", 8, "bare"): bare, Cell("h32", "1x50", 8, "seqserve-json"): ours}, ["h32"])
+    cpu = find(found, "h32 1x50 c8 JSON, access log on: server CPU vs bare Flask+gunicorn")
+    assert (cpu.passed, cpu.value) == (True, "1.50x (330 / 300 us/req; by round 1.50x, 1.10x, 1.75x)")
