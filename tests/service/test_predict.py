@@ -274,6 +274,50 @@ def test_json_numbers_path_equals_the_schema_or_declines():
     assert isinstance(_schema_path(schema, declined["a number in a nested one-element list"].encode()), Exception)
 
 
+def test_json_numbers_path_reuses_its_parser_and_a_busy_one_changes_no_answer(app_client, monkeypatch):
+    """A body gives its simdjson parser back for the next one (a fresh parser per body allocates its buffers every
+    time), unless the body is larger than POOLED_BODY_BYTES. A parser whose last document is still held (as a
+    traceback can hold one) refuses to parse: the body then goes to orjson and the schema, and the answer is the
+    same."""
+    import simdjson
+
+    from service import codecs
+    from service.schemas import predict_schema
+
+    monkeypatch.setattr(codecs, "_IDLE_PARSERS", [])
+    schema = predict_schema(NAMES6, 4, 10)
+    body = orjson.dumps({"sequences": [[[0.5, 1, 2, 3, 4, 5]] * 3], "id": "x"})
+    assert codecs._numbers_v1(body, schema) is not None
+    (parser,) = codecs._IDLE_PARSERS
+    assert codecs._numbers_v1(body, schema) is not None
+    (again,) = codecs._IDLE_PARSERS
+    assert again is parser  # the same parser, back again
+
+    monkeypatch.setattr(codecs, "POOLED_BODY_BYTES", len(body) - 1)
+    assert codecs._numbers_v1(body, schema) is not None
+    assert codecs._IDLE_PARSERS == []  # a larger body keeps its parser's buffers out of the pool
+    monkeypatch.setattr(codecs, "POOLED_BODY_BYTES", 1 << 20)
+
+    busy = simdjson.Parser()
+    held = busy.parse(b'{"sequences": [[[1, 2, 3, 4, 5, 6]]]}')
+    codecs._IDLE_PARSERS[:] = [busy]
+    assert codecs._numbers_v1(body, schema) is None  # declined, not an error
+    sequence = np.random.default_rng(3).normal(size=(2, 5, len(FEATURE_NAMES))).round(3).tolist()
+    request = {"sequences": sequence, "id": "busy"}
+    decoded = []  # bodies that went to orjson: the path a declined body takes
+    monkeypatch.setattr(codecs, "decode_json", lambda b, decode=codecs.decode_json: decoded.append(b) or decode(b))
+    answers = []
+    for pool in ([], [busy]):
+        codecs._IDLE_PARSERS[:] = pool
+        answers.append(app_client.post("/v1/models/lstm_step/predict", request))
+    assert [a.status_code for a in answers] == [200, 200]
+    assert answers[0].content == answers[1].content
+    assert len(decoded) == 1  # the second request only
+    del held
+    codecs._IDLE_PARSERS[:] = [busy]
+    assert codecs._numbers_v1(body, schema) is not None  # usable again once its document is gone
+
+
 @settings(max_examples=300, deadline=None, database=None)
 @given(st.data())
 def test_json_numbers_path_never_loads_what_the_schema_refuses(data):
