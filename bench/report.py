@@ -56,7 +56,10 @@ def over_rounds(runs: list[LoadResult], batch: int, steps: int) -> Summary:
     )
 
 
-def paired(num: tuple[float | None, ...], den: tuple[float | None, ...]) -> list[float]:
+Rounds = tuple[float | None, ...]  # one figure per round of a run, in round order
+
+
+def paired(num: Rounds, den: Rounds) -> list[float]:
     """`num / den` round by round; empty unless both sides have a figure in every round of the same run.
 
     Both sides of a round run minutes apart (one scenario's cells back to back), while the rounds of one run can
@@ -66,6 +69,13 @@ def paired(num: tuple[float | None, ...], den: tuple[float | None, ...]) -> list
     if not num or len(num) != len(den) or any(n is None for n in num) or any(not d for d in den):
         return []
     return [n / d for n, d in zip(num, den, strict=True)]
+
+
+def paired_ratio(num: Rounds, den: Rounds, medians: float) -> tuple[float, list[float]]:
+    """The median of `paired(num, den)` and those ratios; `medians` (the ratio of the two medians) and no ratios
+    where the rounds do not pair."""
+    rounds = paired(num, den)
+    return (statistics.median(rounds) if rounds else medians), rounds
 
 
 def summarize(cell: Cell, runs: list[LoadResult]) -> Summary:
@@ -111,10 +121,10 @@ class Targets:
         the medians where the rounds do not pair; n/a when either side was not measured."""
         target = Target(name, f">= {goal:g}x" if goal >= 1 else f">= {goal:.0%}", note=note)
         if num is not None and den is not None:
-            rounds = paired(num.round_rps, den.round_rps)
-            value = statistics.median(rounds) if rounds else num.rps / den.rps
+            value, rounds = paired_ratio(num.round_rps, den.round_rps, num.rps / den.rps)
             percent = goal < 1
-            target.value = f"{_show(value, percent)} ({num.rps:.0f} / {den.rps:.0f} req/s{_by_round(rounds, percent)})"
+            rps = f"{num.rps:.0f} / {den.rps:.0f} req/s"
+            target.value = f"{_show(value, percent)} ({rps}{by_round(rounds, percent)})"
             target.passed = value >= goal
             target.why = why(num, den) if why is not None and not target.passed else ""
         self.found.append(target)
@@ -126,9 +136,8 @@ class Targets:
         has no CPU figure."""
         target = Target(name, f"<= {goal:g}x", note=note)
         if num is not None and den is not None and num.cpu_us and den.cpu_us:
-            rounds = paired(num.round_cpu_us, den.round_cpu_us)
-            value = statistics.median(rounds) if rounds else num.cpu_us / den.cpu_us
-            target.value = f"{_show(value)} ({num.cpu_us:,.0f} / {den.cpu_us:,.0f} us/req{_by_round(rounds)})"
+            value, rounds = paired_ratio(num.round_cpu_us, den.round_cpu_us, num.cpu_us / den.cpu_us)
+            target.value = f"{_show(value)} ({num.cpu_us:,.0f} / {den.cpu_us:,.0f} us/req{by_round(rounds)})"
             target.passed = value <= goal
             target.why = why(num, den) if why is not None and not target.passed else ""
         self.found.append(target)
@@ -142,7 +151,7 @@ def _show(ratio: float, percent: bool = False) -> str:
     return f"{ratio:.1%}" if percent else f"{ratio:.2f}x"
 
 
-def _by_round(rounds: list[float], percent: bool = False) -> str:
+def by_round(rounds: list[float], percent: bool = False) -> str:
     """The ratio of each round, after the two medians, where there are several."""
     return f"; by round {', '.join(_show(r, percent) for r in rounds)}" if len(rounds) > 1 else ""
 

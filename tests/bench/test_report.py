@@ -104,3 +104,8 @@ def test_a_cpu_ratio_pairs_the_rounds_too():
     found = targets({Cell("-", "1x50", 8, "bare"): bare, Cell("h32", "1x50", 8, "seqserve-json"): ours}, ["h32"])
     cpu = find(found, "h32 1x50 c8 JSON, access log on: server CPU vs bare Flask+gunicorn")
     assert (cpu.passed, cpu.value) == (True, "1.50x (330 / 300 us/req; by round 1.50x, 1.10x, 1.75x)")
+
+    from bench.stream_report import _cpu_target
+
+    stream = _cpu_target("h32", "v1-token", "v1-window", ours, bare)  # the streaming targets pair their rounds too
+    assert (stream.passed, stream.value) == (False, "1.50x (330 / 300 us CPU/req; by round 1.50x, 1.10x, 1.75x)")
