@@ -156,7 +156,10 @@ def _numbers_v1(body: bytes, schema: Schema) -> dict[str, Any] | None:
     the only other `[` are the ones in `outputs` and `id`, counted on their decoded values). None for any
     body that is not so (invalid JSON, a byte order mark, duplicate or unknown keys, keyed timesteps, numbers
     beyond float32, limits): orjson and the schema then decode it and say what is wrong, and where."""
-    parser = _IDLE_PARSERS.pop() if _IDLE_PARSERS else simdjson.Parser()
+    try:
+        parser = _IDLE_PARSERS.pop()  # one step: gthread's threads may race for the last idle parser
+    except IndexError:
+        parser = simdjson.Parser()
     try:
         return _numbers_with(parser, body, schema)
     finally:  # the document and its proxies died with `_numbers_with`'s frame (or an error holds them: see parse_v1)

@@ -318,6 +318,47 @@ def test_json_numbers_path_reuses_its_parser_and_a_busy_one_changes_no_answer(ap
     assert codecs._numbers_v1(body, schema) is not None  # usable again once its document is gone
 
 
+def test_json_numbers_path_parsers_are_never_shared_between_threads(monkeypatch):
+    """gthread workers parse in several threads at once: each call takes a parser no other call holds (a shared one
+    would refuse to parse, and the body would be declined), and the pool never hands out one parser twice."""
+    import sys
+    import threading
+
+    from service import codecs
+    from service.schemas import predict_schema
+
+    monkeypatch.setattr(codecs, "_IDLE_PARSERS", [])
+    schema = predict_schema(NAMES6, 4, 10)
+    x = np.random.default_rng(5).normal(size=(4, 10, 6)).astype(np.float32)
+    body = orjson.dumps({"sequences": x}, option=orjson.OPT_SERIALIZE_NUMPY)
+    declined, failed = [], []
+
+    def work() -> None:
+        try:
+            for _ in range(150):
+                loaded = codecs._numbers_v1(body, schema)
+                if loaded is None:
+                    declined.append(1)
+                else:
+                    np.testing.assert_array_equal(loaded["sequences"].features, x)
+        except Exception as exc:  # an IndexError from the pool, a wrong batch
+            failed.append(exc)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    try:
+        threads = [threading.Thread(target=work) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert (failed, declined) == ([], [])
+    assert 1 <= len(codecs._IDLE_PARSERS) <= 8
+    assert len({id(p) for p in codecs._IDLE_PARSERS}) == len(codecs._IDLE_PARSERS)
+
+
 @settings(max_examples=300, deadline=None, database=None)
 @given(st.data())
 def test_json_numbers_path_never_loads_what_the_schema_refuses(data):
