@@ -78,10 +78,11 @@ def load(schema: Schema, data: Any, *, unreadable: bool = False) -> dict[str, An
         raise CodecError("; ".join(lines[:3]) + more, details=exc.messages, unreadable=unreadable) from None
 
 
-def locate_nonfinite(features: np.ndarray, lengths: np.ndarray) -> None:
-    """Binary inputs can carry NaN/Inf (JSON cannot): point at the first one inside a sequence."""
+def locate_nonfinite(features: np.ndarray, lengths: np.ndarray) -> bool:
+    """Binary inputs can carry NaN/Inf (JSON cannot): point at the first one inside a sequence. True: every value is
+    finite, the padding's too."""
     if np.isfinite(features).all():  # the common case, 8x cheaper than masking the padding first
-        return
+        return True
     bad = ~np.isfinite(features)
     bad &= np.arange(features.shape[1])[None, :, None] < lengths[:, None, None]
     if bad.any():
@@ -90,10 +91,12 @@ def locate_nonfinite(features: np.ndarray, lengths: np.ndarray) -> None:
             f"sequences[{i}][{t}][{f}]: value {features[i, t, f]} is not finite",
             details={"sequences": {i: {t: {f: ["not finite"]}}}},
         )
+    return False
 
 
-def check_batch(features: np.ndarray, lengths: np.ndarray, manifest: Manifest, limits: Limits) -> None:
-    """Shape, limits and lengths of a decoded batch (the JSON path checks these in its schema)."""
+def check_batch(features: np.ndarray, lengths: np.ndarray, manifest: Manifest, limits: Limits) -> bool:
+    """Shape, limits and lengths of a decoded batch (the JSON path checks these in its schema). True: every value of
+    `features` is finite, the padding's too (`locate_nonfinite`)."""
     batch, steps, width = features.shape
     if width != manifest.input_dim:
         raise CodecError(f"features: expected {manifest.input_dim} features per timestep, got {width}")
@@ -109,7 +112,7 @@ def check_batch(features: np.ndarray, lengths: np.ndarray, manifest: Manifest, l
     if bad.size:
         i = int(bad[0])
         raise CodecError(f"lengths[{i}]: {int(lengths[i])} is outside 1..{steps} (the time dimension)")
-    locate_nonfinite(features, lengths)
+    return locate_nonfinite(features, lengths)
 
 
 # ------------------------------------------------------------------------------------------------------ v1
@@ -407,7 +410,7 @@ def v2_request(body: bytes, header_length: str | None, manifest: Manifest, limit
     if features is None:
         raise CodecError(f"input 'features' is required; model inputs: {[t.name for t in manifest.inputs]}")
     lengths = inputs.setdefault("lengths", np.full(features.shape[0], features.shape[1], dtype=np.int64))
-    check_batch(features, lengths, manifest, limits)
+    finite = check_batch(features, lengths, manifest, limits)
     batch = features.shape[0]
     for name, array in inputs.items():
         spec = manifest.input(name)
@@ -415,7 +418,9 @@ def v2_request(body: bytes, header_length: str | None, manifest: Manifest, limit
             raise CodecError(f"unexpected inference input {name!r}")
         if array.shape[spec.batch_axis] != batch:
             raise CodecError(f"input {name!r}: batch dimension {array.shape[spec.batch_axis]}, features has {batch}")
-        if not np.isfinite(array).all():  # features too: V2 takes the padding as given, check_batch skips it
+        # features too, unless check_batch found all of it finite: V2 takes the padding as given, check_batch skips it
+        checked = array is features and finite
+        if not checked and array.dtype.kind == "f" and not np.isfinite(array).all():
             raise CodecError(f"input {name!r}: holds values that are not finite")
     return InferRequest(inputs, _v2_outputs(request, manifest), request.get("id"), request["parameters"])
 
@@ -452,7 +457,7 @@ def v2_sequence_features(request: InferRequest) -> np.ndarray:
     return request.inputs["features"][0, : int(request.inputs["lengths"][0])]
 
 
-def _v2_split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+def _v2_split(body: bytes, header_length: str | None) -> tuple[bytes, bytes | memoryview]:
     if header_length is None:
         return body, b""
     try:
@@ -461,10 +466,12 @@ def _v2_split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
         raise CodecError(f"Inference-Header-Content-Length {header_length!r} is not an integer") from None
     if not 0 < size <= len(body):
         raise CodecError(f"Inference-Header-Content-Length {size} does not fit a body of {len(body)} bytes")
-    return body[:size], body[size:]
+    return body[:size], memoryview(body)[size:]  # the tensors' bytes are read in place, not copied
 
 
-def _v2_inputs(requested: list[dict[str, Any]], binary: bytes, manifest: Manifest) -> dict[str, np.ndarray]:
+def _v2_inputs(
+    requested: list[dict[str, Any]], binary: bytes | memoryview, manifest: Manifest
+) -> dict[str, np.ndarray]:
     inputs: dict[str, np.ndarray] = {}
     offset = 0
     for item in requested:

@@ -235,7 +235,8 @@ class Connection:
         end = start + length
         if (missing := end - len(self.buffer)) > 0:
             self._receive(missing, exact=True)
-        body = bytes(self.buffer[start:end])
+        with memoryview(self.buffer) as view:
+            body = view[start:end].tobytes()  # one copy; bytes() of a bytearray slice made two
         del self.buffer[:end]
         return body
 
