@@ -42,17 +42,16 @@ class NativePool:
     another thread is needed. A greenlet killed or timed out while waiting leaves its call to finish; the outcome
     is then dropped (a `Waiter` whose greenlet left holds the value instead of switching)."""
 
-    _pools: ClassVar[dict[tuple[int, int], NativePool]] = {}  # by (process, hub): a forked worker makes its own
+    _pools: ClassVar[dict[int, NativePool]] = {}  # by hub; a forked child starts without (its threads stayed behind)
 
     @classmethod
     def of_this_hub(cls) -> NativePool:
-        import gevent
+        from gevent import get_hub
 
-        hub = gevent.get_hub()
-        key = (os.getpid(), id(hub))
-        pool = cls._pools.get(key)
+        hub = get_hub()
+        pool = cls._pools.get(id(hub))
         if pool is None or pool.hub is not hub:
-            pool = cls._pools[key] = cls(hub)
+            pool = cls._pools[id(hub)] = cls(hub)
         return pool
 
     def __init__(self, hub: Any, max_threads: int = MAX_THREADS) -> None:
@@ -141,3 +140,4 @@ class Occupancy:
 
 
 occupancy = Occupancy()  # this worker process's; service/worker.py keeps it
+os.register_at_fork(after_in_child=NativePool._pools.clear)

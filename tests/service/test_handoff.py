@@ -80,6 +80,24 @@ SCRIPT = textwrap.dedent(
     # The same pool for every call on this hub, in this process.
     report["one_pool"] = NativePool.of_this_hub() is NativePool.of_this_hub()
 
+    # A forked child (a worker forked from a process that made a pool) makes its own: the threads that served the
+    # parent's pool did not come along, so a call handed to it would wait forever.
+    parent_pool = NativePool.of_this_hub()
+    parent_pool.apply(lambda: None)
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            with gevent.Timeout(5):
+                own = NativePool.of_this_hub()
+                answer = [own is not parent_pool, own.apply(lambda: 7)]
+        except gevent.Timeout:
+            answer = "the call never came back"
+        os.write(write_end, json.dumps(answer).encode())
+        os._exit(0)
+    os.waitpid(child, 0)
+    report["forked"] = json.loads(os.read(read_end, 1000))
+
     # onnxruntime through the pool: the same answer as a plain call.
     repository = Path(sys.argv[1])
     entry = layout.VersionDir("lstm_step", 1, repository / "lstm_step" / "1")
@@ -106,4 +124,5 @@ def test_native_pool_under_gevent(model_repository):
     assert queued["busy_after"] == 0
     assert got["timeout"] == [0, "still serving"]
     assert got["one_pool"] is True
+    assert got["forked"] == [True, 7], "a forked child should make its own pool and get its call's value"
     assert got["onnx_max_diff"] < 1e-6
