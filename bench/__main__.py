@@ -90,8 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         found += stream_report.targets(outcome.stream_results, models)
     if options.quick:
         found = [t for t in found if t.passed is not None]
-    validation = run.validation_budget(outcome) if options.part != "streams" else "SKIPPED: `--part streams`"
-    text = document.render(outcome, summaries, found, validation, elapsed)
+    skipped = "SKIPPED: `--part streams`"
+    validation = run.validation_budget(outcome) if options.part != "streams" else skipped
+    beside = run.beside_the_model(outcome) if options.part != "streams" else skipped
+    text = document.render(outcome, summaries, found, validation, elapsed, beside)
     options.out.parent.mkdir(parents=True, exist_ok=True)
     options.out.write_text(text)
     if options.part != "streams":

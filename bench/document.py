@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from bench import environment, report, stream_report, validation_cost
+from bench import environment, lane_cost, report, stream_report, validation_cost
 from bench.report import Target
 from bench.run import Run
 
@@ -15,6 +15,7 @@ def render(
     found: list[Target],
     validation: validation_cost.ValidationCost | str,
     elapsed_s: float,
+    beside: lane_cost.LaneCost | str = "SKIPPED: not measured",
 ) -> str:
     o = run.options
     mode = "quick (a smoke run: its numbers are not the report)" if o.quick else "full"
@@ -38,6 +39,7 @@ def render(
     lines += ["", "## Targets (issues 4, 8 and 9)", "", *report.targets_table(found), ""]
     if o.part != "streams":
         lines += ["## Validation cost (64 x 50 JSON, in-process)", "", *_validation(validation), ""]
+        lines += ["## Beside the model (64 x 50 V2 binary, in-process)", "", *_beside(beside), ""]
         lines += ["## Results", "", *report.results_table(summaries), ""]
     if run.stream_results is not None:
         lines += stream_report.section(run.stream_results, list(run.models))
@@ -56,6 +58,20 @@ def _validation(v: validation_cost.ValidationCost | str) -> list[str]:
         f"({v.parser}) {v.parse_ms:.2f} ms, validation ({v.validator}) "
         f"{v.validate_ms:.2f} ms = **{v.share:.1%}** of the request (budget <= {validation_cost.BUDGET:.0%}): "
         f"**{verdict}**. Medians of repeated calls.",
+    ]
+
+
+def _beside(cost: lane_cost.LaneCost | str) -> list[str]:
+    if isinstance(cost, str):
+        return [cost]
+    return [
+        f"Model {cost.model}, `python -m bench.lane_cost` (CPU of one thread, medians of rounds; no sockets): the "
+        f"model's run alone {cost.model_us:,.0f} us; the whole answer through the inference lane "
+        f"{cost.whole_us:,.0f} us, **{cost.beside_us:,.0f} us beside the run**. The request's own code (decoding, "
+        f"checks, batcher, metrics, the answer, with a stand-in for the run) costs {cost.hot_us:,.0f} us with the "
+        f"caches warm, back to back, and **{cost.cold_us:,.0f} us right after a real run**, which is how a server "
+        "runs it: the model's run fills the core's caches with its own data, so the Python that follows starts "
+        "cold. The socket side (the kernel, gevent, the hand-off) comes on top in the served rows above.",
     ]
 
 

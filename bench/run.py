@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import contenders, fixtures, matrix, payloads, raw, report, streams, validation_cost
+from bench import contenders, fixtures, lane_cost, matrix, payloads, raw, report, streams, validation_cost
 from bench.apps.onnx_model import SequenceSession
 from bench.loadgen import LoadResult, run_load
 from bench.matrix import CONTENDERS, Cell
@@ -236,6 +236,17 @@ def validation_budget(run: Run) -> validation_cost.ValidationCost | str:
         return validation_cost.measure(run.repository, model, "64x50", body, 1.0 if run.options.quick else 3.0)
     except Exception as exc:  # the report says why instead of losing the whole run
         log.exception("validation-cost micro-benchmark failed")
+        return f"FAILED: {type(exc).__name__}: {exc}"
+
+
+def beside_the_model(run: Run) -> lane_cost.LaneCost | str:
+    if reason := validation_cost.unavailable():
+        return f"SKIPPED: {reason}"
+    model = next(iter(run.models))
+    try:
+        return lane_cost.measure(run.repository, model, 1.0 if run.options.quick else 3.0)
+    except Exception as exc:  # the report says why instead of losing the whole run
+        log.exception("lane-cost micro-benchmark failed")
         return f"FAILED: {type(exc).__name__}: {exc}"
 
 

@@ -48,7 +48,7 @@ def _median_ms(call: Callable[[], object], seconds: float, least: int = 20) -> f
     return statistics.median(times) * 1e3
 
 
-def _wait_ready(plane: object, timeout: float = 60.0) -> None:
+def wait_ready(plane: object, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not plane.readiness()[0]:
         if time.monotonic() > deadline:
@@ -65,7 +65,7 @@ def measure(repository: Path, model: str, payload: str, body: bytes, seconds: fl
 
     app = create_app({"model_repository": str(repository), "log_requests": "false", "log_level": "WARNING"})
     plane, settings = resources(app).plane, resources(app).settings
-    _wait_ready(plane)
+    wait_ready(plane)
     manifest = plane.get(model).manifest
     schema = predict_schema(manifest.feature_names, settings.max_sequences, settings.max_timesteps)
     client = app.test_client()
