@@ -15,7 +15,7 @@ def render(
     found: list[Target],
     validation: validation_cost.ValidationCost | str,
     elapsed_s: float,
-    beside: lane_cost.LaneCost | str = "SKIPPED: not measured",
+    beside: list[lane_cost.LaneCost] | str = "SKIPPED: not measured",
 ) -> str:
     o = run.options
     mode = "quick (a smoke run: its numbers are not the report)" if o.quick else "full"
@@ -39,7 +39,7 @@ def render(
     lines += ["", "## Targets (issues 4, 8 and 9)", "", *report.targets_table(found), ""]
     if o.part != "streams":
         lines += ["## Validation cost (64 x 50 JSON, in-process)", "", *_validation(validation), ""]
-        lines += ["## Beside the model (64 x 50 V2 binary, in-process)", "", *_beside(beside), ""]
+        lines += ["## Beside the model (64 x 50 binary requests, in-process)", "", *_beside(beside), ""]
         lines += ["## Results", "", *report.results_table(summaries), ""]
     if run.stream_results is not None:
         lines += stream_report.section(run.stream_results, list(run.models))
@@ -61,18 +61,27 @@ def _validation(v: validation_cost.ValidationCost | str) -> list[str]:
     ]
 
 
-def _beside(cost: lane_cost.LaneCost | str) -> list[str]:
-    if isinstance(cost, str):
-        return [cost]
-    return [
-        f"Model {cost.model}, `python -m bench.lane_cost` (CPU of one thread, medians of rounds; no sockets): the "
-        f"model's run alone {cost.model_us:,.0f} us; the whole answer through the inference lane "
-        f"{cost.whole_us:,.0f} us, **{cost.beside_us:,.0f} us beside the run**. The request's own code (decoding, "
-        f"checks, batcher, metrics, the answer, with a stand-in for the run) costs {cost.hot_us:,.0f} us with the "
-        f"caches warm, back to back, and **{cost.cold_us:,.0f} us right after a real run**, which is how a server "
-        "runs it: the model's run fills the core's caches with its own data, so the Python that follows starts "
-        "cold. The socket side (the kernel, gevent, the hand-off) comes on top in the served rows above.",
+def _beside(costs: list[lane_cost.LaneCost] | str) -> list[str]:
+    if isinstance(costs, str):
+        return [costs]
+    lines = [
+        f"Model {costs[0].model}, `python -m bench.lane_cost`: one 64 x 50 request through the app's inference lane, "
+        "in-process (no sockets), CPU of one thread, medians of rounds. *Own code*: the request's decoding, checks, "
+        "batcher, metrics and answer, with a stand-in for the model's run; *warm*: back to back; *after a run*: each "
+        "right after a real run of the model, which fills the core's caches with its own data, so the Python that "
+        "follows starts cold, as it does in a server. The socket side (the kernel, gevent, the hand-off to "
+        "onnxruntime's thread) comes on top in the served rows.",
+        "",
+        "| format | model's run | whole answer | beside the run | own code, warm | own code, after a run | "
+        "answer encoding, warm |",
+        "|---|--:|--:|--:|--:|--:|--:|",
     ]
+    lines += [
+        f"| {c.name} | {c.model_us:,.0f} us | {c.whole_us:,.0f} us | **{c.beside_us:,.0f} us** | {c.hot_us:,.0f} us "
+        f"| **{c.cold_us:,.0f} us** | {c.encode_us:,.0f} us |"
+        for c in costs
+    ]
+    return lines
 
 
 def _method(run: Run) -> list[str]:

@@ -1,14 +1,16 @@
-"""What a 64 x 50 V2 binary request costs beside the model's run, in-process: where issue 9's "V2 binary vs raw
-onnxruntime" budget goes once the sockets are left out.
+"""What a 64 x 50 binary request costs beside the model's run, in-process: where issue 9's "V2 binary" and "v1 raw
+float32" budgets against raw onnxruntime go once the sockets are left out.
 
-One request body goes through the real app's inference lane (`InferenceLane.answer`: decoding, checks, batcher,
-metrics, the answer), four ways, each timed in CPU seconds of this thread (`time.thread_time`):
+One request body per format (V2 binary tensors; v1 raw float32, answered in JSON) goes through the real app's
+inference lane (`InferenceLane.answer`: decoding, checks, batcher, metrics, the answer), timed in CPU seconds of
+this thread (`time.thread_time`):
 - `model`: the model version's onnxruntime session alone, `run` on the request's inputs, back to back;
 - `whole`: the lane's answer with that session, back to back;
 - `hot`: the lane's answer with the session's `run` standing in by the outputs of one real run, back to back: the
   request's own code with the processor's caches holding it;
 - `cold`: the same, each answer right after a real run of the session (not timed): the request's own code as a
-  server runs it, after the model has filled the caches with its own data.
+  server runs it, after the model has filled the caches with its own data;
+- `encode`: the answer's encoding alone (`codecs.v2_response`, `codecs.v1_response`), back to back.
 
 The gap between `hot` and `cold` is the price of alternating a model run with Python on one core; a server pays
 the cold price on every request (docs/benchmarks.md, "Beside the model").
@@ -33,13 +35,24 @@ from bench.validation_cost import wait_ready
 SEQUENCES, STEPS = 64, 50
 
 
+FORMATS = ("v2-binary", "v1-binary")
+_PATHS = {"v2-binary": "/v2/models/{}/infer", "v1-binary": "/v1/models/{}/predict"}
+_NAMES = {"v2-binary": "V2 binary", "v1-binary": "v1 raw float32"}
+
+
 @dataclass(frozen=True)
 class LaneCost:
     model: str
+    format: str  # a key of FORMATS
     model_us: float  # the session's run alone
     whole_us: float  # the lane's answer with the real session
     hot_us: float  # the lane's answer beside a stand-in run, caches warm
     cold_us: float  # the same, each right after a real run
+    encode_us: float  # the answer's encoding alone, caches warm
+
+    @property
+    def name(self) -> str:
+        return _NAMES[self.format]
 
     @property
     def beside_us(self) -> float:
@@ -75,44 +88,65 @@ def _cpu_us(call: Callable[[], object], seconds: float, before: Callable[[], obj
     return float(np.median(rounds))
 
 
-def measure(repository: Path, model: str, seconds: float) -> LaneCost:
+def measure(repository: Path, model: str, seconds: float, formats: tuple[str, ...] = FORMATS) -> list[LaneCost]:
     from service import create_app
     from service.app import close_app, resources
     from service.lane import lane_of
 
     app = create_app({"model_repository": str(repository), "log_requests": "false", "log_level": "WARNING"})
     try:
-        plane = resources(app).plane
-        wait_ready(plane)
+        res = resources(app)
+        wait_ready(res.plane)
         lane = lane_of(app)
         if lane is None:
             raise RuntimeError("the app has no inference lane (SEQSERVE_FAST_PATH is off)")
-        runtime = plane.get(model).runtime
+        loaded = res.plane.get(model)
+        runtime = loaded.runtime
         features = np.random.default_rng(0).normal(size=(SEQUENCES, STEPS, runtime.manifest.input_dim))
-        body, header_lines = payloads.v2_binary(features.astype(np.float32))
-        headers = dict(h.split(": ", 1) for h in header_lines) | {"Content-Length": str(len(body))}
-        path = f"/v2/models/{model}/infer"
-        taken = lane.take("POST", path, "", headers.get)
-        assert taken is not None, "the lane should take a plain V2 binary request"
-
-        def answer() -> None:
-            status, _, reply = lane.answer(taken, path, body, headers.get)
-            assert status == 200, reply[:300]
-
-        real = runtime.session
-        feeds = {"features": features.astype(np.float32), "lengths": np.full(SEQUENCES, STEPS, dtype=np.int64)}
-        outputs = runtime.run(feeds)
+        features = features.astype(np.float32)
+        feeds = {"features": features, "lengths": np.full(SEQUENCES, STEPS, dtype=np.int64)}
+        real, outputs = runtime.session, runtime.run(feeds)
         model_us = _cpu_us(lambda: real.run(runtime.output_names, feeds), seconds)
-        whole_us = _cpu_us(answer, seconds)
-        runtime.session = _StandIn([outputs[name] for name in runtime.output_names])
-        try:
-            hot_us = _cpu_us(answer, seconds)
-            cold_us = _cpu_us(answer, seconds, before=lambda: real.run(runtime.output_names, feeds))
-        finally:
-            runtime.session = real
-        return LaneCost(model, model_us, whole_us, hot_us, cold_us)
+        costs = []
+        for fmt in formats:
+            body, header_lines = payloads.ENCODERS[fmt](features)
+            headers = dict(h.split(": ", 1) for h in header_lines) | {"Content-Length": str(len(body))}
+            path = _PATHS[fmt].format(model)
+            taken = lane.take("POST", path, "", headers.get)
+            assert taken is not None, f"the lane should take a plain {fmt} request"
+
+            def answer(taken: Any = taken, path: str = path, body: bytes = body, headers: dict = headers) -> None:
+                status, _, reply = lane.answer(taken, path, body, headers.get)
+                assert status == 200, reply[:300]
+
+            whole_us = _cpu_us(answer, seconds)
+            runtime.session = _StandIn([outputs[name] for name in runtime.output_names])
+            try:
+                hot_us = _cpu_us(answer, seconds)
+                cold_us = _cpu_us(answer, seconds, before=lambda: real.run(runtime.output_names, feeds))
+            finally:
+                runtime.session = real
+            encode = _encoder(fmt, res, loaded, body, headers, outputs)
+            costs.append(LaneCost(model, fmt, model_us, whole_us, hot_us, cold_us, _cpu_us(encode, seconds)))
+        return costs
     finally:
         close_app(app)
+
+
+def _encoder(
+    fmt: str, res: Any, loaded: Any, body: bytes, headers: dict[str, str], outputs: dict[str, np.ndarray]
+) -> Callable[[], object]:
+    """The answer's encoding of this request, as the endpoint calls it, on the outputs of one real run."""
+    from service import api_v1, codecs
+    from service.http import Call
+
+    manifest = loaded.manifest
+    if fmt == "v2-binary":
+        request = codecs.v2_request(body, headers["Inference-Header-Content-Length"], manifest, res.limits)
+        return lambda: codecs.v2_response(manifest, request, outputs)
+    call = Call(body, headers["Content-Type"], headers.get, lambda name: None, None)
+    predict = api_v1.parse_predict(call, loaded, res.limits)
+    return lambda: codecs.v1_response(manifest, predict, outputs, None)
 
 
 def main() -> None:
@@ -121,13 +155,13 @@ def main() -> None:
     parser.add_argument("--model", default="h32")
     parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args()
-    cost = measure(args.repository, args.model, args.seconds)
-    print(
-        f"{cost.model} {SEQUENCES}x{STEPS} V2 binary, in-process, CPU us per request: "
-        f"model's run {cost.model_us:,.0f}; whole answer {cost.whole_us:,.0f} "
-        f"({cost.beside_us:,.0f} beside the run); the request's own code {cost.hot_us:,.0f} with warm caches, "
-        f"{cost.cold_us:,.0f} right after a model run"
-    )
+    for cost in measure(args.repository, args.model, args.seconds):
+        print(
+            f"{cost.model} {SEQUENCES}x{STEPS} {cost.name}, in-process, CPU us per request: "
+            f"model's run {cost.model_us:,.0f}; whole answer {cost.whole_us:,.0f} "
+            f"({cost.beside_us:,.0f} beside the run); the request's own code {cost.hot_us:,.0f} with warm caches, "
+            f"{cost.cold_us:,.0f} right after a model run; the answer's encoding {cost.encode_us:,.0f}"
+        )
 
 
 if __name__ == "__main__":

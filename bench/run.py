@@ -239,7 +239,7 @@ def validation_budget(run: Run) -> validation_cost.ValidationCost | str:
         return f"FAILED: {type(exc).__name__}: {exc}"
 
 
-def beside_the_model(run: Run) -> lane_cost.LaneCost | str:
+def beside_the_model(run: Run) -> list[lane_cost.LaneCost] | str:
     if reason := validation_cost.unavailable():
         return f"SKIPPED: {reason}"
     model = next(iter(run.models))

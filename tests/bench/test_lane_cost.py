@@ -1,4 +1,4 @@
-"""bench/lane_cost.py: the in-process measure of what a V2 binary request costs beside the model's run, on a real
+"""bench/lane_cost.py: the in-process measure of what a binary request costs beside the model's run, on a real
 exported model through the real app's inference lane, and how docs/benchmarks.md words it."""
 
 from __future__ import annotations
@@ -8,18 +8,26 @@ import math
 from bench import document, lane_cost
 
 
-def test_lane_cost_times_the_real_lane(model_repository):
-    cost = lane_cost.measure(model_repository, "lstm_step", seconds=0.2)
-    values = [cost.model_us, cost.whole_us, cost.hot_us, cost.cold_us]
-    assert all(math.isfinite(v) and v > 0 for v in values), cost
-    # The whole answer does what the stand-in answer does plus a real run of the model.
-    assert cost.whole_us > cost.hot_us, cost
-    assert cost.beside_us == cost.whole_us - cost.model_us
+def test_lane_cost_times_the_real_lane_for_each_binary_format(model_repository):
+    costs = lane_cost.measure(model_repository, "lstm_step", seconds=0.2)
+    assert [c.format for c in costs] == list(lane_cost.FORMATS)
+    for cost in costs:
+        values = [cost.model_us, cost.whole_us, cost.hot_us, cost.cold_us, cost.encode_us]
+        assert all(math.isfinite(v) and v > 0 for v in values), cost
+        # The whole answer does what the stand-in answer does plus a real run of the model; the stand-in answer
+        # does what the encoding does plus the decoding, checks and the rest.
+        assert cost.whole_us > cost.hot_us > cost.encode_us, cost
+        assert cost.beside_us == cost.whole_us - cost.model_us
 
 
 def test_the_report_gives_each_number_and_passes_a_reason_through():
-    cost = lane_cost.LaneCost("h32", model_us=1100.4, whole_us=1300.2, hot_us=70.0, cold_us=221.6)
-    (text,) = document._beside(cost)
-    for shown in ("1,100 us", "1,300 us", "**200 us beside the run**", "70 us", "**222 us right after a real run**"):
-        assert shown in text, (shown, text)
+    v2 = lane_cost.LaneCost("h32", "v2-binary", 1100.4, 1300.2, 70.0, 221.6, 3.2)
+    v1 = lane_cost.LaneCost("h32", "v1-binary", 1100.4, 1800.0, 450.0, 590.0, 359.0)
+    lines = document._beside([v2, v1])
+    assert "Model h32" in lines[0]
+    rows = [line for line in lines if line.startswith("| V2") or line.startswith("| v1")]
+    assert rows == [
+        "| V2 binary | 1,100 us | 1,300 us | **200 us** | 70 us | **222 us** | 3 us |",
+        "| v1 raw float32 | 1,100 us | 1,800 us | **700 us** | 450 us | **590 us** | 359 us |",
+    ]
     assert document._beside("FAILED: RuntimeError: boom") == ["FAILED: RuntimeError: boom"]
