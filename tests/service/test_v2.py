@@ -4,6 +4,7 @@ directions. What the client cannot send (nested JSON data) is checked against th
 from __future__ import annotations
 
 import numpy as np
+import orjson
 import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
@@ -215,3 +216,100 @@ def test_quick_infer_header_equals_the_schema_or_declines():
             assert fast is None or fast == full, header
             accepted += fast is not None
     assert accepted > 20  # the fast path is taken for more than the one header
+
+
+# ------------------------------------------------------------------------- planned headers (service/codecs.py)
+
+
+def _manifest(repository, name):
+    from modelrepo import layout
+
+    return layout.read_version(layout.VersionDir(name, 1, repository / name / "1"))
+
+
+def _binary_body(features, lengths=None, **header):
+    tensors = [("features", "FP32", features)] + ([("lengths", "INT64", lengths)] if lengths is not None else [])
+    head = {
+        "inputs": [
+            {"name": n, "shape": list(a.shape), "datatype": t, "parameters": {"binary_data_size": a.nbytes}}
+            for n, t, a in tensors
+        ],
+        "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
+        **header,
+    }
+    encoded = orjson.dumps(head)
+    return encoded + b"".join(a.tobytes() for _, _, a in tensors), str(len(encoded))
+
+
+def test_a_repeated_v2_header_is_planned_and_answers_and_refuses_as_the_full_path(model_repository, monkeypatch):
+    """A V2 binary header that passed every check is kept as a plan by its bytes: the next request with the same
+    header reads only its tensors. It must give the same request, and for every fault that only the tensors can hold
+    (too few bytes, too many, a lengths value out of range, NaN inside a sequence or in its padding) the same error
+    as the full path, which decodes and checks the header again."""
+    from service import codecs
+
+    manifest, limits = _manifest(model_repository, "lstm_step"), codecs.Limits(64, 100)
+    monkeypatch.setattr(codecs, "_PLANS", {})
+    decoded = []
+    monkeypatch.setattr(codecs, "decode_json", lambda b, decode=codecs.decode_json: decoded.append(b) or decode(b))
+    features, lengths = batch(5)
+    body, header_length = _binary_body(features, lengths, id="r1", parameters={"sequence_id": 7})
+    full = codecs.v2_request(body, header_length, manifest, limits)
+    assert len(decoded) == 1
+    assert len(codecs._PLANS) == 1
+    planned = codecs.v2_request(body, header_length, manifest, limits)
+    assert len(decoded) == 1, "the same header again should be served by its plan"
+    assert list(planned.inputs) == list(full.inputs) == ["features", "lengths"]
+    for name in full.inputs:
+        np.testing.assert_array_equal(planned.inputs[name], full.inputs[name])
+    assert (planned.outputs, planned.id, planned.parameters) == (full.outputs, full.id, full.parameters)
+    assert planned.parameters is not full.parameters  # each request gets its own dicts
+
+    def with_nan(i, t, f):
+        bad = features.copy()
+        bad[i, t, f] = np.nan
+        return _binary_body(bad, lengths, id="r1", parameters={"sequence_id": 7})[0]
+
+    faults = {
+        "binary data ends early": body[:-8],
+        "bytes no input claims": body + b"\0" * 4,
+        "a length out of range": _binary_body(features, lengths + 1, id="r1", parameters={"sequence_id": 7})[0],
+        "NaN inside a sequence": with_nan(1, 2, 4),
+        "NaN in the padding": with_nan(1, 5, 0),
+    }
+    for what, bad in faults.items():
+        codecs.v2_request(body, header_length, manifest, limits)  # the plan is there
+        calls = len(decoded)
+        with pytest.raises(codecs.CodecError) as through_plan:
+            codecs.v2_request(bad, header_length, manifest, limits)
+        assert len(decoded) == calls, f"{what}: should have gone through the plan"
+        codecs._PLANS.clear()
+        with pytest.raises(codecs.CodecError) as through_header:
+            codecs.v2_request(bad, header_length, manifest, limits)
+        assert len(decoded) == calls + 1
+        got, want = through_plan.value, through_header.value
+        assert (got.message, got.details, got.unreadable) == (want.message, want.details, want.unreadable), what
+        assert not codecs._PLANS, f"{what}: a refused request should leave no plan"
+
+
+def test_v2_plans_are_per_model_version_binary_only_and_bounded(model_repository, monkeypatch):
+    from service import codecs
+
+    lstm, gru = _manifest(model_repository, "lstm_step"), _manifest(model_repository, "gru_last")
+    limits = codecs.Limits(64, 100)
+    monkeypatch.setattr(codecs, "_PLANS", {})
+    features, lengths = batch(6)
+    body, header_length = _binary_body(features, lengths)
+    codecs.v2_request(body, header_length, lstm, limits)
+    codecs.v2_request(body, header_length, gru, limits)  # the same bytes for another model: a plan of its own
+    assert {plan.manifest.name for plan in codecs._PLANS.values()} == {"lstm_step", "gru_last"}
+
+    codecs._PLANS.clear()
+    mixed = orjson.dumps({"inputs": [{"name": "features", "shape": [1, 2, 6], "datatype": "FP32", "data": [0.5] * 12}]})
+    codecs.v2_request(mixed, str(len(mixed)), lstm, limits)  # data in the header: not a binary request
+    assert not codecs._PLANS
+
+    monkeypatch.setattr(codecs, "PLANS_KEPT", 2)
+    for n in range(5):
+        codecs.v2_request(*_binary_body(features, lengths, id=f"r{n}"), lstm, limits)
+        assert len(codecs._PLANS) <= 2
