@@ -470,8 +470,7 @@ def _planned_request(plan: _Plan, binary: bytes | memoryview) -> InferRequest:
     for name, shape, dtype, size in plan.tensors:
         inputs[name] = _binary_tensor(name, binary, offset, size, dtype, shape)
         offset += size
-    if offset != len(binary):
-        raise CodecError(f"binary body has {len(binary) - offset} bytes that no input's binary_data_size claims")
+    _all_claimed(binary, offset)
     features = inputs["features"]
     batch, steps = features.shape[:2]
     if plan.lengths_sent:
@@ -569,8 +568,7 @@ def _v2_inputs(
                 raise CodecError(f"input {name!r}: {spec.datatype} data must hold integers")
             array = data.astype(dtype, copy=False).reshape(shape)
         inputs[name] = array
-    if offset != len(binary):
-        raise CodecError(f"binary body has {len(binary) - offset} bytes that no input's binary_data_size claims")
+    _all_claimed(binary, offset)
     return inputs
 
 
@@ -583,6 +581,11 @@ def _binary_tensor(
     if not array.flags.aligned:  # after a header of odd length, or an int64 tensor after an odd number of float32s
         array = array.copy()
     return array
+
+
+def _all_claimed(binary: bytes | memoryview, claimed: int) -> None:
+    if claimed != len(binary):
+        raise CodecError(f"binary body has {len(binary) - claimed} bytes that no input's binary_data_size claims")
 
 
 def _v2_shape(item: dict[str, Any], spec: TensorSpec) -> list[int]:
