@@ -320,9 +320,28 @@ class SqliteSequenceStore(SequenceStore):
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            self._wal(db)
+            db.execute("PRAGMA synchronous=NORMAL")
+        except BaseException:
+            db.close()
+            raise
         return db
+
+    def _wal(self, db: sqlite3.Connection) -> None:
+        """Switch the file to WAL. Workers that open a new file at once race for the switch, and SQLite answers the
+        losers "database is locked" at once, without its busy handler: retry them until `busy_timeout`."""
+        deadline = time.monotonic() + self.busy_timeout
+        delay = 0.001
+        while True:
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
 
 # ---------------------------------------------------------------- Redis

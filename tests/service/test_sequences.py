@@ -321,6 +321,70 @@ def test_sqlite_file_is_in_wal_mode(tmp_path: Path) -> None:
             assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
+@contextlib.contextmanager
+def _writer_holding_the_file(folder: Path, release_after: float | None) -> Iterator[None]:
+    """Another process's connection mid-write on a new file still in rollback mode (what a worker that won the race
+    to create it holds): switching to WAL then fails at once, without SQLite's busy handler."""
+    holder = sqlite3.connect(folder / DB_FILE, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE other (x)")
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO other VALUES (1)")
+    timer = None if release_after is None else threading.Timer(release_after, holder.execute, ("COMMIT",))
+    if timer is not None:
+        timer.start()
+    try:
+        yield
+    finally:
+        if timer is not None:
+            timer.join()
+        holder.close()
+
+
+def test_a_worker_opening_the_file_while_another_writes_it_waits_for_it(tmp_path: Path) -> None:
+    """CI once saw a server's second worker die at boot with "database is locked" (gunicorn: "Worker failed to
+    boot"): both workers opened a new store file at once."""
+    with _writer_holding_the_file(tmp_path, release_after=0.3):
+        started = time.monotonic()
+        with SqliteSequenceStore(tmp_path, IDLE, busy_timeout=10) as store:
+            assert time.monotonic() - started >= 0.25
+            store.start(MODEL, 1, record(1))
+            assert store.load(MODEL, 1).steps == 1
+    with contextlib.closing(sqlite3.connect(tmp_path / DB_FILE)) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_a_store_file_held_past_the_busy_timeout_is_unavailable(tmp_path: Path) -> None:
+    with _writer_holding_the_file(tmp_path, release_after=None):
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="cannot be opened: database is locked"):
+            SqliteSequenceStore(tmp_path, IDLE, busy_timeout=0.2)
+        assert 0.1 <= time.monotonic() - started < 5
+
+
+def test_workers_opening_a_new_store_at_once_all_open_it(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("fork")  # as gunicorn makes its workers
+    for attempt in range(12):
+        folder = tmp_path / str(attempt)
+        folder.mkdir()
+        barrier, out = context.Barrier(4), context.Queue()
+        processes = [context.Process(target=_open_in_process, args=(folder, barrier, out)) for _ in range(4)]
+        for process in processes:
+            process.start()
+        errors = [out.get(timeout=60) for _ in processes]
+        for process in processes:
+            process.join(timeout=30)
+        assert errors == [""] * 4, f"attempt {attempt}"
+
+
+def _open_in_process(folder: Path, barrier: Any, out: Any) -> None:
+    barrier.wait()
+    try:
+        SqliteSequenceStore(folder, IDLE).close()
+        out.put("")
+    except Exception as e:  # reported to the test
+        out.put(repr(e))
+
+
 def test_redis_keys_are_prefixed_typed_and_expire(redis_server: RedisServer) -> None:
     with redis_server.client() as client:
         client.flushdb()
