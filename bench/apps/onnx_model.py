@@ -15,6 +15,7 @@ class SequenceSession:
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only, as the service: h0/c0 are inputs backed by initializers
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.states = [
             (i.name, i.shape[0], i.shape[2]) for i in self.session.get_inputs() if i.name not in ("features", "lengths")
