@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import orjson
 import pytest
 from gunicorn.config import Config
 
@@ -244,6 +245,20 @@ def test_body_in_pieces(server):
         wire.close()
     assert pieces.status == 200
     assert pieces.body == whole.body
+
+
+def test_body_longer_than_a_read_with_the_next_request_behind_it(server):
+    """A body longer than the worker's first read (64 KB), sent in one write with the next request right behind
+    it: the rest of the body is received without taking any byte of the next request."""
+    sequences = [X.tolist()] * 200
+    big = request(V1, *_json({"sequences": sequences}))
+    small = request(V1, *_json({"sequences": [X.tolist()]}))
+    assert len(big) > 64 * 1024
+    alone = [exchange(server, data)[0] for data in (big, small)]
+    together = exchange(server, big + small + big, 3)
+    assert [r.status for r in together] == [200, 200, 200]
+    assert [r.body for r in together] == [alone[0].body, alone[1].body, alone[0].body]
+    assert len(orjson.loads(together[0].body)["predictions"]) == 200
 
 
 def test_connection_close(server):
