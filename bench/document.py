@@ -123,6 +123,10 @@ def _method(run: Run) -> list[str]:
         "group, from /proc) during the measurement, over the requests answered: the cost of a request, which the "
         "other load on this shared machine disturbs far less than throughput. The load generator's own CPU is not "
         "in it.",
+        "- **Client CPU us/req:** the load generator's own user + system CPU time (wrk's, from the rusage of the "
+        "finished child) over the requests answered. It runs on the same 2 cores, so at a given req/s what it spends "
+        "the server cannot; the in-process limit has no client. The 64x50 targets' reasons subtract it from what "
+        "a goal leaves the server.",
         '- **seqserve:** `gunicorn --config gunicorn.conf.py "service:create_app()"` with the service\'s defaults '
         "except `SEQSERVE_MODEL_REPOSITORY`, `SEQSERVE_BIND`, and `SEQSERVE_BATCHING=false` for the batching-off "
         "server; per-request JSON logs on (the default) go to `bench/results/logs/`. The rows marked *access log off* "

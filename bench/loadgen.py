@@ -2,12 +2,19 @@
 them) and a Lua script that POSTs a body read from a file; a small Python generator where wrk is missing.
 
 Each run is bounded in time (`duration`) and every request in time (`timeout`); the count follows from both.
+
+A run also says what the load generator itself cost in CPU (`client_cpu_s`): it shares the cores with the server, so
+at a given req/s every microsecond it spends is one the server cannot, while the in-process limit has no client.
+wrk's is read from the rusage of the waited-for child (nothing else of the benchmark ends while wrk runs: the
+servers live across runs); the Python generator's is its process's CPU, as it runs in the benchmark's process.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
+import resource
 import shutil
 import statistics
 import subprocess
@@ -31,10 +38,15 @@ class LoadResult:
     p50_ms: float
     p99_ms: float
     cpu_s: float | None = None  # CPU time the server (all its processes) used during the measurement
+    client_cpu_s: float | None = None  # CPU time the load generator used (None: not measured, or in-process)
 
     @property
     def cpu_us_per_request(self) -> float | None:
         return self.cpu_s / self.requests * 1e6 if self.cpu_s is not None and self.requests else None
+
+    @property
+    def client_cpu_us_per_request(self) -> float | None:
+        return self.client_cpu_s / self.requests * 1e6 if self.client_cpu_s is not None and self.requests else None
 
     @property
     def rps(self) -> float:
@@ -60,7 +72,9 @@ def run_wrk(url: str, body: Body, concurrency: int, duration: float, timeout: fl
     seconds = max(1, round(duration))  # wrk takes whole seconds
     cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", f"--timeout={round(timeout)}s", "--latency"]
     cmd += ["-s", str(LUA_SCRIPT), url, "--", str(body.path), *body.headers]
+    before = _children_cpu_s()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + timeout + 30, check=False)
+    client_cpu_s = _children_cpu_s() - before
     line = next((x for x in out.stdout.splitlines() if x.startswith(MARKER)), None)
     if out.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr.strip() or out.stdout.strip()}")
@@ -72,13 +86,22 @@ def run_wrk(url: str, body: Body, concurrency: int, duration: float, timeout: fl
         duration_s=r["duration_us"] / 1e6,
         p50_ms=r["p50_us"] / 1e3,
         p99_ms=r["p99_us"] / 1e3,
+        client_cpu_s=client_cpu_s,
     )
+
+
+def _children_cpu_s() -> float:
+    """User and system CPU of this process's children that have ended and been waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_python(url: str, body: Body, concurrency: int, duration: float, timeout: float = 10.0) -> LoadResult:
     """The fallback: one thread and one keep-alive connection per concurrent client (weaker than wrk: the GIL
     caps it, so it understates the fastest servers)."""
-    return summarize(*closed_loop(url, body.read(), body.header_dict(), concurrency, duration, timeout))
+    cpu = time.process_time()
+    result = summarize(*closed_loop(url, body.read(), body.header_dict(), concurrency, duration, timeout))
+    return dataclasses.replace(result, client_cpu_s=time.process_time() - cpu)
 
 
 def closed_loop(

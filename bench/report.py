@@ -29,6 +29,7 @@ class Summary:
     cpu_us: float | None = None  # server CPU time per request (per run for the in-process limit)
     round_rps: tuple[float, ...] = ()  # each round's req/s, in round order (what `paired` pairs)
     round_cpu_us: tuple[float | None, ...] = ()  # each round's CPU per request, None where not measured
+    client_cpu_us: float | None = None  # the load generator's CPU time per request, on the same cores
 
     @property
     def sequences_per_s(self) -> float:
@@ -42,6 +43,7 @@ class Summary:
 def over_rounds(runs: list[LoadResult], batch: int, steps: int) -> Summary:
     """Each metric's median over the rounds (CPU over the rounds that measured it), errors summed."""
     cpu = [r.cpu_us_per_request for r in runs if r.cpu_us_per_request]
+    client = [r.client_cpu_us_per_request for r in runs if r.client_cpu_us_per_request]
     return Summary(
         rps=statistics.median(r.rps for r in runs),
         p50_ms=statistics.median(r.p50_ms for r in runs),
@@ -53,6 +55,7 @@ def over_rounds(runs: list[LoadResult], batch: int, steps: int) -> Summary:
         cpu_us=statistics.median(cpu) if cpu else None,
         round_rps=tuple(r.rps for r in runs),
         round_cpu_us=tuple(r.cpu_us_per_request for r in runs),
+        client_cpu_us=statistics.median(client) if client else None,
     )
 
 
@@ -177,8 +180,9 @@ def _cpu(s: Summary | None) -> float:
 
 def _beyond_model(goal: float, bare: Summary | None = None) -> Why:
     """Against raw onnxruntime: what the server spends per request beyond the model's own run, and what the goal
-    leaves for it (every side here is bound by the same 2 cores, so req/s go as the inverse of CPU per request);
-    with `bare`, what the bare endpoint spends receiving the same body and answering a constant."""
+    leaves for it (every side here is bound by the same 2 cores, so req/s go as the inverse of CPU per request,
+    the load generator's included: raw has none); with `bare`, what the bare endpoint spends receiving the same
+    body and answering a constant."""
 
     def why(ours: Summary, raw: Summary) -> str:
         beyond, budget = _cpu(ours) - _cpu(raw), _cpu(raw) * (1 / goal - 1)
@@ -187,6 +191,11 @@ def _beyond_model(goal: float, bare: Summary | None = None) -> Why:
             "it (the kernel receiving and sending the bodies, parsing and checking them, the hand-off to "
             f"onnxruntime's thread, the answer), where {goal:.0%} of raw's req/s leaves {budget:,.0f} us"
         )
+        if ours.client_cpu_us:
+            text += (
+                f", {budget - ours.client_cpu_us:,.0f} us once the load generator's own "
+                f"{ours.client_cpu_us:,.0f} us per request on the same cores is counted"
+            )
         if bare is not None and bare.cpu_us:
             text += f"; the bare endpoint spends {bare.cpu_us:,.0f} us receiving the same body and answering a constant"
         return text
@@ -321,8 +330,8 @@ def _num(x: float) -> str:
 def results_table(results: dict[Cell, Summary]) -> list[str]:
     lines = [
         "| contender | model | payload | clients | req/s | sequences/s | timesteps/s | p50 ms | p99 ms | "
-        "server CPU us/req | errors |",
-        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "server CPU us/req | client CPU us/req | errors |",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for cell in sorted(results, key=_row_order):
         s = results[cell]
@@ -330,7 +339,8 @@ def results_table(results: dict[Cell, Summary]) -> list[str]:
         lines.append(
             f"| {_label(cell.contender)} | {cell.model} | {cell.scenario} | {clients} | {_num(s.rps)} | "
             f"{_num(s.sequences_per_s)} | {_num(s.timesteps_per_s)} | {_num(s.p50_ms)} | {_num(s.p99_ms)} | "
-            f"{_num(s.cpu_us) if s.cpu_us is not None else '-'} | {s.errors} |"
+            f"{_num(s.cpu_us) if s.cpu_us is not None else '-'} | "
+            f"{_num(s.client_cpu_us) if s.client_cpu_us is not None else '-'} | {s.errors} |"
         )
     return lines
 

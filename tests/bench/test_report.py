@@ -3,10 +3,17 @@ the CPU per request it measured (issue 9: "each target marked pass or miss with 
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import pytest
+
+from bench.loadgen import have_wrk, run_wrk
 from bench.matrix import RAW_CONCURRENCY, Cell
-from bench.report import Summary, paired, targets, targets_table
+from bench.payloads import Body
+from bench.report import Summary, paired, results_table, targets, targets_table
 
 RAW_64, V2_64 = Cell("h32", "64x50", RAW_CONCURRENCY, "raw"), Cell("h32", "64x50", 8, "seqserve-v2")
 
@@ -26,6 +33,22 @@ def measured(v2_rps: float, v2_cpu: float) -> dict[Cell, Summary]:
         Cell("-", "64x50", 8, "bare"): summary(900, 1_300),
         Cell("h32", "1x50", 8, "seqserve-json"): summary(1_100, 1_700),
     }
+
+
+class Constant(BaseHTTPRequestHandler):
+    """Reads the body, answers `{}`: a client's cost with next to nothing on the other side."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args: object) -> None:
+        pass
 
 
 def find(found, name):
@@ -52,6 +75,40 @@ def test_a_miss_says_why_from_the_measured_cpu_and_a_pass_says_nothing():
 
     passing = find(targets(measured(v2_rps=700, v2_cpu=2_700), ["h32"]), "h32 64x50 c8: V2 binary vs raw onnxruntime")
     assert (passing.passed, passing.why, passing.remark) == (True, "", "")
+
+
+def test_a_miss_counts_the_load_generators_cpu_where_it_was_measured():
+    """wrk runs on the cores the server uses and raw onnxruntime has no client, so what it spends per request comes
+    out of what a goal leaves the server; the results table shows it beside the server's."""
+    cells = measured(v2_rps=280, v2_cpu=5_500)
+    cells[V2_64] = dataclasses.replace(cells[V2_64], client_cpu_us=90.0)
+    v2 = find(targets(cells, ["h32"]), "h32 64x50 c8: V2 binary vs raw onnxruntime")
+    assert "where 75% of raw's req/s leaves 767 us, 677 us once the load generator's own 90 us" in v2.remark
+    row = next(line for line in results_table(cells) if line.startswith("| seqserve V2 binary | h32 | 64x50 |"))
+    assert row.endswith("| 5,500 | 90.0 | 0 |")
+    json = find(targets(cells, ["h32"]), "h32 64x50 c8 v1 JSON, access log on: vs raw onnxruntime")
+    assert "load generator" not in json.remark  # not measured on that side
+
+
+def test_wrk_says_what_it_spent(tmp_path):
+    """run_wrk reads wrk's CPU from the rusage of the finished child: a real run against a local endpoint spends
+    some, and less than the run's wall time on its one thread."""
+    if not have_wrk():
+        pytest.skip("wrk is not installed (make bench-wrk)")
+    path = tmp_path / "body.json"
+    path.write_bytes(b'{"sequences": [[[0, 1, 2]]]}')
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Constant)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/predict"
+        result = run_wrk(url, Body(path, ("Content-Type: application/json",)), 2, 1)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (result.requests > 0, result.errors) == (True, 0)
+    assert result.client_cpu_s is not None
+    assert 0 < result.client_cpu_s < result.duration_s + 0.5
+    assert result.client_cpu_us_per_request == result.client_cpu_s / result.requests * 1e6
 
 
 def test_a_stream_miss_names_the_work_only_the_stream_request_does():
