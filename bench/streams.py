@@ -8,9 +8,9 @@ bench/stream_load.py's pool of client processes; the servers are the harness's s
 plus, for the Redis rows, a `redis-server` on 127.0.0.1 (Debian package, `make test-redis`) and a seqserve using
 it, started here and stopped with the others. Every way is checked once against onnxruntime before it is measured;
 then rounds in a shuffled order per round (a new set of streams per measurement), bounded by `--stream-minutes`.
-The age runs follow: 32 streams of 10-timestep requests on the small model until every stream has seen
-`AGE_STEPS` timesteps (or `AGE_CAP_S` passed), comparing the requests near the streams' start with those near
-the end (bench/stream_report.py turns all of it into targets and tables).
+The age runs follow, one per way and round: 32 streams of 10-timestep requests on the small model until every
+stream has seen `AGE_STEPS` timesteps (or `AGE_CAP_S` passed), comparing the requests near the streams' start
+with those near the end (bench/stream_report.py turns all of it into targets and tables).
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ class StreamResults:
     age_steps: int
     age_window: int  # requests
     measured: dict[StreamCell, list[LoadResult]] = field(default_factory=lambda: defaultdict(list))
-    ages: dict[str, AgeResult] = field(default_factory=dict)
+    ages: dict[str, list[AgeResult]] = field(default_factory=dict)  # by way, one per round
     truncated: str = ""
 
     def write(self, path: Path) -> None:
@@ -144,7 +144,9 @@ class StreamResults:
             for cell, runs in self.measured.items()
             for i, result in enumerate(runs)
         ]
-        ages = [dataclasses.asdict(age) for age in self.ages.values()]
+        ages = [
+            {**dataclasses.asdict(age), "round": i + 1} for runs in self.ages.values() for i, age in enumerate(runs)
+        ]
         path.write_text(json.dumps({"cells": cells, "ages": ages}, indent=1))
 
 
@@ -325,27 +327,31 @@ class Streaming:
         )
 
     def ages(self, model: str) -> None:
-        for way in AGED:
-            if WAYS[way].server not in self.run.servers:
-                continue
-            try:
-                result = self.age(way, model)
-            except RuntimeError as exc:
-                self.run.skipped.append(f"age run {WAYS[way].label}: FAILED: {exc}")
-                log.warning("%s", self.run.skipped[-1])
-                continue
-            if result is not None:
-                self.results.ages[way] = result
-                log.info(
-                    "age %s: CPU %s -> %s, p50 %.2f -> %.2f ms (steps ~%.0f -> ~%.0f)",
-                    WAYS[way].label,
-                    _cpu(result.early),
-                    _cpu(result.late),
-                    result.early.p50_ms,
-                    result.late.p50_ms,
-                    result.early_step,
-                    result.late_step,
-                )
+        """An age run per way in each round: each window lasts a fraction of a second, so one run can catch a
+        passing stall in either; the verdict takes the median of the rounds' ratios, as the other targets do."""
+        for r in range(self.run.options.rounds):
+            for way in AGED:
+                if WAYS[way].server not in self.run.servers:
+                    continue
+                try:
+                    result = self.age(way, model)
+                except RuntimeError as exc:
+                    self.run.skipped.append(f"age run {WAYS[way].label}, round {r + 1}: FAILED: {exc}")
+                    log.warning("%s", self.run.skipped[-1])
+                    continue
+                if result is not None:
+                    self.results.ages.setdefault(way, []).append(result)
+                    log.info(
+                        "age %s, round %d: CPU %s -> %s, p50 %.2f -> %.2f ms (steps ~%.0f -> ~%.0f)",
+                        WAYS[way].label,
+                        r + 1,
+                        _cpu(result.early),
+                        _cpu(result.late),
+                        result.early.p50_ms,
+                        result.late.p50_ms,
+                        result.early_step,
+                        result.late_step,
+                    )
 
 
 def _cpu(result: LoadResult) -> str:

@@ -10,10 +10,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from bench.loadgen import have_wrk, run_wrk
+from bench.loadgen import LoadResult, have_wrk, run_wrk
 from bench.matrix import RAW_CONCURRENCY, Cell
 from bench.payloads import Body
 from bench.report import Summary, paired, results_table, targets, targets_table
+from bench.streams import AgeResult
 
 RAW_64, V2_64 = Cell("h32", "64x50", RAW_CONCURRENCY, "raw"), Cell("h32", "64x50", 8, "seqserve-v2")
 
@@ -123,6 +124,34 @@ def test_a_stream_miss_names_the_work_only_the_stream_request_does():
     batching = _batching_target("h128", 1, summary(865, 1_900), summary(778, 2_170))
     assert batching.passed is False
     assert "from 2,170 to 1,900 us" in batching.remark
+
+
+def age_run(early_us: float, late_us: float, reached: int = 10_000) -> AgeResult:
+    def window(cpu_us: float, p50_ms: float) -> LoadResult:
+        return LoadResult(1_000, 0, 0.25, p50_ms, 2 * p50_ms, cpu_s=cpu_us * 1_000 / 1e6)
+
+    return AgeResult("v1-token", "h32", 10, 10_000, reached, window(early_us, 5.0), window(late_us, 6.0), 200, 9_900, 0)
+
+
+def test_the_age_verdict_is_the_median_of_its_rounds_so_one_stall_does_not_decide_it():
+    from bench.stream_report import _age_target
+
+    stalled_once = _age_target("v1-token", 10_000, [age_run(250, 460), age_run(260, 270), age_run(255, 265)])
+    assert stalled_once.passed is True
+    assert stalled_once.value == "1.04x (255 -> 265 us CPU/req in the median round; by round 1.84x, 1.04x, 1.04x)"
+    assert stalled_once.note == "h32, 10 timesteps/request; p50 5.00 -> 6.00 ms"
+
+    growing = _age_target("v1-token", 10_000, [age_run(250, 400), age_run(260, 270), age_run(255, 380)])
+    assert (growing.passed, growing.value.split(" (")[0]) == (False, "1.49x")
+
+    # A run whose slowest stream fell short of the age does not count while others reached it ...
+    short = _age_target("v1-token", 10_000, [age_run(250, 900, reached=4_000), age_run(260, 270), age_run(255, 265)])
+    assert short.passed is True
+    assert "by round 1.04x, 1.04x)" in short.value
+    assert short.note.endswith("the slowest stream reached only 4,000 timesteps in time (1 of 3 runs)")
+    # ... and when none reached it there is a value but no verdict.
+    none = _age_target("v1-token", 10_000, [age_run(250, 300, reached=4_000)])
+    assert (none.passed, none.value) == (None, "1.20x (250 -> 300 us CPU/req)")
 
 
 def rounds(rps: tuple[float, ...], cpu_us: tuple[float, ...], batch: int = 64) -> Summary:
