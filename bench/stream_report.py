@@ -150,13 +150,12 @@ def age_table(results: StreamResults) -> list[str]:
         "|---|---|--:|--:|--:|--:|---|--:|--:|--:|--:|--:|",
     ]
     for way, runs in results.ages.items():
-        for i, age in enumerate(runs):
+        for age in runs:
             for name, window, step in (("early", age.early, age.early_step), ("late", age.late, age.late_step)):
                 cpu = window.cpu_us_per_request
                 lines.append(
-                    f"| {WAYS[way].label} | {age.model} | {age.chunk} | {STREAMS} | {i + 1} | {age.reached:,} | "
-                    f"{name} | "
-                    f"{step:,.0f} | {_num(window.rps)} | {_num(window.p50_ms)} | {_num(window.p99_ms)} | "
+                    f"| {WAYS[way].label} | {age.model} | {age.chunk} | {STREAMS} | {age.round} | {age.reached:,} | "
+                    f"{name} | {step:,.0f} | {_num(window.rps)} | {_num(window.p50_ms)} | {_num(window.p99_ms)} | "
                     f"{_num(cpu) if cpu is not None else '-'} |"
                 )
     return lines

@@ -126,6 +126,7 @@ class AgeResult:
     early_step: float  # median age of the requests in each window
     late_step: float
     errors: int
+    round: int = 1
 
 
 @dataclass
@@ -144,9 +145,7 @@ class StreamResults:
             for cell, runs in self.measured.items()
             for i, result in enumerate(runs)
         ]
-        ages = [
-            {**dataclasses.asdict(age), "round": i + 1} for runs in self.ages.values() for i, age in enumerate(runs)
-        ]
+        ages = [dataclasses.asdict(age) for runs in self.ages.values() for age in runs]
         path.write_text(json.dumps({"cells": cells, "ages": ages}, indent=1))
 
 
@@ -298,7 +297,7 @@ class Streaming:
 
     # -------------------------------------------------------------------------------------------- ages
 
-    def age(self, way: str, model: str) -> AgeResult | None:
+    def age(self, way: str, model: str, round_: int = 1) -> AgeResult | None:
         """32 streams of AGE_CHUNK-timestep requests until every one has seen `age_steps` timesteps (streams run at
         different speeds: the kernel hands their connections to the server's workers unevenly). Early window: from
         the start until the fastest stream has answered `age_window` requests, so every request in it comes from
@@ -324,6 +323,7 @@ class Streaming:
             out.median_step(*early),
             out.median_step(*late),
             out.errors,
+            round_,
         )
 
     def ages(self, model: str) -> None:
@@ -334,7 +334,7 @@ class Streaming:
                 if WAYS[way].server not in self.run.servers:
                     continue
                 try:
-                    result = self.age(way, model)
+                    result = self.age(way, model, r + 1)
                 except RuntimeError as exc:
                     self.run.skipped.append(f"age run {WAYS[way].label}, round {r + 1}: FAILED: {exc}")
                     log.warning("%s", self.run.skipped[-1])
@@ -344,7 +344,7 @@ class Streaming:
                     log.info(
                         "age %s, round %d: CPU %s -> %s, p50 %.2f -> %.2f ms (steps ~%.0f -> ~%.0f)",
                         WAYS[way].label,
-                        r + 1,
+                        result.round,
                         _cpu(result.early),
                         _cpu(result.late),
                         result.early.p50_ms,

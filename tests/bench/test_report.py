@@ -126,11 +126,12 @@ def test_a_stream_miss_names_the_work_only_the_stream_request_does():
     assert "from 2,170 to 1,900 us" in batching.remark
 
 
-def age_run(early_us: float, late_us: float, reached: int = 10_000) -> AgeResult:
+def age_run(early_us: float, late_us: float, reached: int = 10_000, round_: int = 1) -> AgeResult:
     def window(cpu_us: float, p50_ms: float) -> LoadResult:
         return LoadResult(1_000, 0, 0.25, p50_ms, 2 * p50_ms, cpu_s=cpu_us * 1_000 / 1e6)
 
-    return AgeResult("v1-token", "h32", 10, 10_000, reached, window(early_us, 5.0), window(late_us, 6.0), 200, 9_900, 0)
+    early, late = window(early_us, 5.0), window(late_us, 6.0)
+    return AgeResult("v1-token", "h32", 10, 10_000, reached, early, late, 200, 9_900, 0, round_)
 
 
 def test_the_age_verdict_is_the_median_of_its_rounds_so_one_stall_does_not_decide_it():
@@ -152,6 +153,20 @@ def test_the_age_verdict_is_the_median_of_its_rounds_so_one_stall_does_not_decid
     # ... and when none reached it there is a value but no verdict.
     none = _age_target("v1-token", 10_000, [age_run(250, 300, reached=4_000)])
     assert (none.passed, none.value) == (None, "1.20x (250 -> 300 us CPU/req)")
+
+
+def test_the_age_table_names_each_runs_own_round_when_one_is_missing():
+    from bench.stream_report import age_table
+    from bench.streams import StreamResults
+
+    results = StreamResults(4, 10_000, 50, ages={"v1-token": [age_run(250, 260), age_run(255, 265, round_=3)]})
+    rows = [line.split(" | ") for line in age_table(results)[2:]]
+    assert [(row[4], row[6], row[-1]) for row in rows] == [
+        ("1", "early", "250 |"),
+        ("1", "late", "260 |"),
+        ("3", "early", "255 |"),
+        ("3", "late", "265 |"),
+    ]
 
 
 def rounds(rps: tuple[float, ...], cpu_us: tuple[float, ...], batch: int = 64) -> Summary:
