@@ -5,9 +5,16 @@ No fixed window and no batching thread: a request that finds the model free runs
 an idle model pays nothing for batching. Requests that arrive while it is busy queue up. When a run ends, its
 thread hands the model to the oldest queued request (leader/follower), whose thread merges what has queued into
 the next run: the oldest request picks a length bucket (powers of two of its longest sequence) and queued requests
-of the same bucket join it, up to `max_sequences` sequences and `max_cells` padded timesteps. A request is never
-split. With `max_queue_delay` > 0 a run that is not full waits that long, from its oldest request's arrival, for
-company. The queue is bounded: when full, `submit` raises `Overloaded` at once.
+of the same bucket join it, up to `max_sequences` sequences, `max_cells` padded timesteps and `max_run` seconds of
+expected compute. A request is never split.
+
+With `max_queue_delay` > 0 a run that is not full waits that long, from its oldest request's arrival, for company.
+The queue is bounded: when full, `submit` raises `Overloaded` at once.
+
+The run-time bound is learnt per length bucket from the runs themselves (the fastest run's seconds per padded cell),
+because counts cannot tell a cheap model from a dear one. A/B with `python -m bench.ab`, 64x50 requests at 8
+clients, 256 sequences against 64: letting up to four h32 requests (1.1 ms each) share a run raised req/s by 10-14 %;
+letting h128 requests (11 ms each) share one cost 13 % more CPU per request. With a 5 ms bound, each gets its own.
 
 A batcher belongs to one model version, so a run never mixes versions. When its version is unloaded, `drain` waits
 until nothing is queued or running; it refuses nothing, because a request that looked the version up just before
@@ -74,6 +81,7 @@ class AdaptiveBatcher:
         max_cells: int,
         max_queue: int,
         max_queue_delay: float = 0.0,
+        max_run: float = 0.0,  # seconds of expected compute a merged run may grow to (0: no bound)
         timeout: float = 30.0,
         observer: BatchObserver | None = None,
     ) -> None:
@@ -82,7 +90,8 @@ class AdaptiveBatcher:
         self._outputs = {t.name: t for t in manifest.outputs}
         self._stateful = manifest.state_inputs[0].name if manifest.state_inputs else None
         self.max_sequences, self.max_cells, self.max_queue = max_sequences, max_cells, max_queue
-        self.max_queue_delay, self.timeout = max_queue_delay, timeout
+        self.max_queue_delay, self.max_run, self.timeout = max_queue_delay, max_run, timeout
+        self._cell_seconds: dict[tuple[int, frozenset[str]], float] = {}  # per bucket: the fastest run, per cell
         self.observer = observer or BatchObserver()
         self._queue: deque[_Work] = deque()
         self._cond = threading.Condition(threading.Lock())  # never re-entered: a plain lock costs less than an RLock
@@ -192,12 +201,13 @@ class AdaptiveBatcher:
         scan, removal by rebuilding: the queue is short (bounded by max_queue)."""
         head = self._queue[0]
         group, rest, sequences, longest = [], deque(), 0, 0
+        most_cells = self._most_cells(head.bucket)
         for work in self._queue:
             new_longest = max(longest, work.steps)
             fits = not group or (
                 work.bucket == head.bucket
                 and sequences + work.sequences <= self.max_sequences
-                and (sequences + work.sequences) * new_longest <= self.max_cells
+                and (sequences + work.sequences) * new_longest <= most_cells
             )
             if fits:
                 group.append(work)
@@ -207,8 +217,24 @@ class AdaptiveBatcher:
         self._queue = rest
         return group
 
+    def _most_cells(self, bucket: tuple[int, frozenset[str]]) -> int:
+        """How many padded cells a run of this bucket may hold: `max_cells`, fewer when this bucket's fastest run so
+        far says that many would take longer than `max_run` (no bound until one has run). The fastest, not an
+        average: under a flood of requests a run's wall time grows with the wait for a core, and a bound that
+        shrank with it would stop merging when merging matters most."""
+        fastest = self._cell_seconds.get(bucket)
+        if not self.max_run or not fastest:
+            return self.max_cells
+        return min(self.max_cells, int(self.max_run / fastest))
+
+    def _learn(self, bucket: tuple[int, frozenset[str]], seconds: float, cells: int) -> None:
+        """Only the leader of the moment calls this: one writer per batcher."""
+        self._cell_seconds[bucket] = min(seconds / cells, self._cell_seconds.get(bucket, float("inf")))
+
     def _full(self, head: _Work) -> bool:
-        return sum(w.sequences for w in self._queue if w.bucket == head.bucket) >= self.max_sequences
+        same = [w for w in self._queue if w.bucket == head.bucket]
+        sequences, longest = sum(w.sequences for w in same), max(w.steps for w in same)
+        return sequences >= self.max_sequences or sequences * longest >= self._most_cells(head.bucket)
 
     def _execute(self, group: list[_Work]) -> None:
         started = time.perf_counter()
@@ -217,8 +243,10 @@ class AdaptiveBatcher:
         try:
             merged = group[0].inputs if len(group) == 1 else self._merge(group)
             outputs = self._run(merged, len(group))
-            self.observer.compute_seconds(time.perf_counter() - started)
-            self.observer.batch_sequences(sum(w.sequences for w in group), self._stateful in group[0].bucket[1])
+            seconds, sequences = time.perf_counter() - started, sum(w.sequences for w in group)
+            self._learn(group[0].bucket, seconds, sequences * max(w.steps for w in group))
+            self.observer.compute_seconds(seconds)
+            self.observer.batch_sequences(sequences, self._stateful in group[0].bucket[1])
             if len(group) == 1:
                 group[0].outputs = outputs
             else:

@@ -279,6 +279,7 @@ class DataPlane:
             max_cells=policy.max_cells,
             max_queue=policy.max_queue,
             max_queue_delay=policy.max_queue_delay_ms / 1000,
+            max_run=policy.max_run_ms / 1000,
             timeout=self.settings.batch_timeout,
             observer=observer,
         )

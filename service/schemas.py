@@ -436,6 +436,7 @@ class BatchingConfigSchema(StrictSchema):
     max_sequences = fields.Integer(strict=True, validate=validate.Range(min=1))
     max_cells = fields.Integer(strict=True, validate=validate.Range(min=1))
     max_queue_delay_ms = fields.Float(validate=validate.Range(min=0))
+    max_run_ms = fields.Float(validate=validate.Range(min=0))
     max_queue = fields.Integer(strict=True, validate=validate.Range(min=1))
 
 
@@ -620,6 +621,7 @@ class BatchingDoc(StrictSchema):
     max_sequences = fields.Integer(required=True)
     max_cells = fields.Integer(required=True)
     max_queue_delay_ms = fields.Float(required=True)
+    max_run_ms = fields.Float(required=True)
     max_queue = fields.Integer(required=True)
 
 

@@ -37,9 +37,10 @@ class BatchPolicy:
     """Adaptive batching for one model: the server's defaults, overridden by the model's `config.json`."""
 
     enabled: bool = True
-    max_sequences: int = 64
+    max_sequences: int = 256
     max_cells: int = 64 * 512
     max_queue_delay_ms: float = 0.0
+    max_run_ms: float = 5.0
     max_queue: int = 256
 
     def merged(self, overrides: dict[str, Any]) -> BatchPolicy:
@@ -68,9 +69,10 @@ class Settings:
     inspect_max_timesteps: int = 0  # one inspected sequence; 0: 512 for per-timestep heads, 64 for `last` heads
     # adaptive batching, per model and worker
     batching: bool = True
-    batch_max_sequences: int = 64
+    batch_max_sequences: int = 256
     batch_max_cells: int = 64 * 512  # sequences x longest sequence in one merged run
     batch_max_queue_delay_ms: float = 0.0  # 0: never wait for company when the model is free
+    batch_max_run_ms: float = 5.0  # a merged run stops growing at this expected compute time (0: no bound)
     batch_max_queue: int = 256  # pending requests beyond which the answer is 503 + Retry-After
     batch_timeout: float = 30.0
     # streams (service/streams.py): v1 state tokens and V2 sequences
@@ -128,6 +130,7 @@ class Settings:
             max_sequences=self.batch_max_sequences,
             max_cells=self.batch_max_cells,
             max_queue_delay_ms=self.batch_max_queue_delay_ms,
+            max_run_ms=self.batch_max_run_ms,
             max_queue=self.batch_max_queue,
         )
 

@@ -123,6 +123,66 @@ def test_length_buckets_and_limits_shape_the_runs(model_repository):
     assert sum(gate.runs) == 10
 
 
+class SlowGate(Gate):
+    """A gate in front of a dear model: each run costs at least `cost(steps)` seconds per sequence, on any
+    machine. It notes each run's (sequences, steps)."""
+
+    def __init__(self, runtime: ModelRuntime, cost: Callable[[int], float]) -> None:
+        super().__init__(runtime)
+        self.cost, self.shapes = cost, []
+
+    def __call__(self, inputs: dict[str, np.ndarray], requests: int) -> dict[str, np.ndarray]:
+        outputs = super().__call__(inputs, requests)
+        sequences, steps = inputs["features"].shape[:2]
+        self.shapes.append((sequences, steps))
+        time.sleep(self.cost(steps) * sequences)
+        return outputs
+
+
+@pytest.mark.parametrize("max_run", [0.1, 0.0])
+def test_a_merged_run_stops_growing_at_its_expected_run_time(model_repository, max_run):
+    """The counts alone would put all nine queued requests in one run; the model's own runs (at least 20 ms per
+    sequence here) say that more than 5 sequences would take over 0.1 s, so they run in smaller groups. The first
+    run is the only one without a learnt cost, and it holds one request (the others queue behind it). With no
+    bound (0), the nine queued requests share one run."""
+    runtime = runtime_for(model_repository, "lstm_step")
+    gate = SlowGate(runtime, lambda steps: 0.02)
+    batcher = AdaptiveBatcher(gate, runtime.manifest, max_sequences=64, max_cells=1000, max_queue=100, max_run=max_run)
+    results = gate.submit_all(batcher, requests_of([[4]] * 10))
+    assert sum(gate.runs) == 10
+    assert all(r["probabilities"].shape == (1, 4, 3) for r in results)
+    assert gate.runs[0] == 1
+    if max_run:
+        assert max(gate.runs) <= 5  # 0.1 s / (>= 0.02 s per sequence of 4 cells) = at most 20 cells
+        assert max(gate.runs) >= 2  # still merged: a bound on run time, not a count of one
+        assert len(gate.runs) >= 3
+    else:
+        assert gate.runs == [1, 9]
+
+
+def test_the_run_time_bound_is_learnt_per_length_bucket(model_repository):
+    """A dear bucket (long sequences, 60 ms each against a 50 ms bound) never merges; a cheap one (short sequences)
+    still merges all it finds queued: each bucket learns its own seconds per sequence from its runs."""
+    runtime = runtime_for(model_repository, "lstm_step")
+    gate = SlowGate(runtime, lambda steps: 0.06 if steps > 50 else 0.0)
+    batcher = AdaptiveBatcher(gate, runtime.manifest, max_sequences=64, max_cells=10_000, max_queue=100, max_run=0.05)
+    gate.open.set()
+    for learn in requests_of([[100], [4]]):  # one run of each bucket, alone
+        batcher.submit(learn)
+    gate.open.clear()
+    gate.runs.clear()
+    gate.shapes.clear()
+    work = requests_of([[4]] * 7 + [[100]] * 3)
+    results = gate.submit_all(batcher, work)
+    for inputs, got in zip(work, results, strict=True):
+        assert got["probabilities"].shape == (1, inputs["lengths"][0], 3)
+    long_runs = [n for n, steps in gate.shapes if steps > 50]
+    short_runs = [n for n, steps in gate.shapes if steps <= 50]
+    assert long_runs == [1, 1, 1], f"the dear requests were merged: {gate.shapes}"
+    assert sum(short_runs) == 7
+    assert len(short_runs) <= 2, f"the cheap requests did not share a run: {gate.shapes}"  # the first may run alone
+
+
 def test_full_queue_is_refused_at_once(model_repository):
     runtime = runtime_for(model_repository, "lstm_step")
     gate = Gate(runtime)
@@ -241,7 +301,7 @@ def test_batching_is_configured_per_model(make_app, model_repository, tmp_path):
     repo = tmp_path / "repo"
     shutil.copytree(model_repository, repo)
     (repo / "lstm_step" / "config.json").write_bytes(
-        orjson.dumps({"batching": {"max_sequences": 4, "max_queue_delay_ms": 2.5}})
+        orjson.dumps({"batching": {"max_sequences": 4, "max_queue_delay_ms": 2.5, "max_run_ms": 0}})
     )
     (repo / "gru_last" / "config.json").write_bytes(orjson.dumps({"batching": {"max_queue": 0, "colour": "red"}}))
     app = make_app(repo, batch_max_queue=99)
@@ -252,8 +312,10 @@ def test_batching_is_configured_per_model(make_app, model_repository, tmp_path):
         "max_sequences": 4,
         "max_cells": 64 * 512,
         "max_queue_delay_ms": 2.5,
+        "max_run_ms": 0,
         "max_queue": 99,
     }
+    assert app.get("/v1/models/gru_last").json()["versions"][0].get("batching") is None  # failed: no policy
     reason = report["models"]["gru_last"][0]["reason"]
     assert "gru_last/config.json" in reason
     assert "batching.max_queue: Must be greater than or equal to 1" in reason
