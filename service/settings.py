@@ -104,6 +104,9 @@ class Settings:
                 raise ValueError(f"SEQSERVE_{name.upper()} must be >= 1, got {getattr(self, name)}")
         if self.gc_threshold < 0:
             raise ValueError(f"SEQSERVE_GC_THRESHOLD must be >= 0 (0: Python's own), got {self.gc_threshold}")
+        for name in ("batch_max_queue_delay_ms", "batch_max_run_ms"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"SEQSERVE_{name.upper()} must be >= 0, got {getattr(self, name)}")
         if self.inspect_max_timesteps < 0:
             raise ValueError(
                 f"SEQSERVE_INSPECT_MAX_TIMESTEPS must be >= 0 (0: by head), got {self.inspect_max_timesteps}"

@@ -20,6 +20,7 @@ from modelrepo import layout
 from service.batching import AdaptiveBatcher, BatchObserver, bucket_of
 from service.errors import Overloaded
 from service.runtime import ModelRuntime
+from service.settings import Settings
 from tests.service.conftest import start_server
 
 
@@ -181,6 +182,13 @@ def test_the_run_time_bound_is_learnt_per_length_bucket(model_repository):
     assert long_runs == [1, 1, 1], f"the dear requests were merged: {gate.shapes}"
     assert sum(short_runs) == 7
     assert len(short_runs) <= 2, f"the cheap requests did not share a run: {gate.shapes}"  # the first may run alone
+
+
+@pytest.mark.parametrize("name", ["BATCH_MAX_RUN_MS", "BATCH_MAX_QUEUE_DELAY_MS"])
+def test_batch_times_must_not_be_negative(name):
+    assert Settings.from_mapping({name: "0"}) is not None  # 0 is allowed: no bound, no wait
+    with pytest.raises(ValueError, match=f"SEQSERVE_{name} must be >= 0, got -1"):
+        Settings.from_mapping({name: "-1"})
 
 
 def test_full_queue_is_refused_at_once(model_repository):
