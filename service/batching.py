@@ -232,9 +232,10 @@ class AdaptiveBatcher:
         self._cell_seconds[bucket] = min(seconds / cells, self._cell_seconds.get(bucket, float("inf")))
 
     def _full(self, head: _Work) -> bool:
+        """No further sequence could join the run: the queued requests of its bucket reach a bound."""
         same = [w for w in self._queue if w.bucket == head.bucket]
         sequences, longest = sum(w.sequences for w in same), max(w.steps for w in same)
-        return sequences >= self.max_sequences or sequences * longest >= self._most_cells(head.bucket)
+        return sequences >= self.max_sequences or (sequences + 1) * longest > self._most_cells(head.bucket)
 
     def _execute(self, group: list[_Work]) -> None:
         started = time.perf_counter()

@@ -184,6 +184,29 @@ def test_the_run_time_bound_is_learnt_per_length_bucket(model_repository):
     assert len(short_runs) <= 2, f"the cheap requests did not share a run: {gate.shapes}"  # the first may run alone
 
 
+def test_a_run_waiting_for_company_goes_once_its_run_time_is_reached(model_repository):
+    """With a queue delay, a run goes as soon as no further sequence fits its learnt run time, not at the delay's
+    end. The model costs at least 0.5 ms per cell here (2 ms per sequence of 4 steps); 9.5 ms holds 4 such
+    sequences (16-18 cells), not 5 (20)."""
+    runtime = runtime_for(model_repository, "lstm_step")
+    gate = SlowGate(runtime, lambda steps: 0.002)
+    delay = 20.0
+    batcher = AdaptiveBatcher(
+        gate, runtime.manifest, max_sequences=64, max_cells=1000, max_queue=100, max_queue_delay=delay, max_run=0.0095
+    )
+    gate.open.set()
+    started = time.monotonic()
+    try:
+        batcher.submit(requests_of([[4] * 64])[0])  # full by its count: goes at once, and teaches the cost
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(batcher.submit, requests_of([[4]] * 4, seed=2)))
+    finally:
+        batcher.stop()
+    assert time.monotonic() - started < delay / 2
+    assert gate.runs == [64, 4]
+    assert all(r["probabilities"].shape == (1, 4, 3) for r in results)
+
+
 @pytest.mark.parametrize("name", ["BATCH_MAX_RUN_MS", "BATCH_MAX_QUEUE_DELAY_MS"])
 def test_batch_times_must_not_be_negative(name):
     assert Settings.from_mapping({name: "0"}) is not None  # 0 is allowed: no bound, no wait
