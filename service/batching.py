@@ -229,7 +229,7 @@ class AdaptiveBatcher:
 
     def _learn(self, bucket: tuple[int, frozenset[str]], seconds: float, cells: int) -> None:
         """Only the leader of the moment calls this: one writer per batcher."""
-        self._cell_seconds[bucket] = min(seconds / cells, self._cell_seconds.get(bucket, float("inf")))
+        self._cell_seconds[bucket] = min(seconds / max(cells, 1), self._cell_seconds.get(bucket, float("inf")))
 
     def _full(self, head: _Work) -> bool:
         """No further sequence could join the run: the queued requests of its bucket reach a bound."""
