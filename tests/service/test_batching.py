@@ -163,7 +163,7 @@ def test_a_merged_run_stops_growing_at_its_expected_run_time(model_repository, m
 
 def test_the_run_time_bound_is_learnt_per_length_bucket(model_repository):
     """A dear bucket (long sequences, 60 ms each against a 50 ms bound) never merges; a cheap one (short sequences)
-    still merges all it finds queued: each bucket learns its own seconds per sequence from its runs."""
+    still merges all it finds queued: each bucket learns its own cost per padded cell from its runs."""
     runtime = runtime_for(model_repository, "lstm_step")
     gate = SlowGate(runtime, lambda steps: 0.06 if steps > 50 else 0.0)
     batcher = AdaptiveBatcher(gate, runtime.manifest, max_sequences=64, max_cells=10_000, max_queue=100, max_run=0.05)
