@@ -8,20 +8,25 @@ greenlet yields until it returns.
 That pool is `NativePool`, not gevent's `ThreadPool`. gevent's costs about 120 us of CPU per call on this
 project's development machine (a Python-level queue and condition, an async watcher made and started per call,
 the pool resized on each spawn), as much as onnxruntime's whole run of a 1x50 request, and 76 us a call with 8
-greenlets calling at once. `NativePool` hands a call over through C-level queues and one async watcher per hub:
-89 us for a lone call (two OS thread wake-ups) and 20 us with 8 greenlets calling (`python -m bench.handoff`).
+greenlets calling at once. `NativePool` hands a call over through a native lock, C-level queues and one async
+watcher per hub: 89 us for a lone call (two OS thread wake-ups) and 20 us with 8 greenlets calling on that machine;
+59-72 us and 8-12 us on today's, where gevent's takes 59-75 us and 33-37 us (`python -m bench.handoff`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections import deque
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
 T = TypeVar("T")
 
 MAX_THREADS = 10  # as gevent's ThreadPool: calls beyond this many at once wait for a thread
+Job = tuple[Callable[..., Any], tuple[object, ...], Any]  # a call and the Waiter of its greenlet
+_NEW = object()  # NativePool._helper: start a thread
 
 
 def offload(fn: Callable[..., T], *args: object) -> T:
@@ -34,13 +39,26 @@ def offload(fn: Callable[..., T], *args: object) -> T:
 class NativePool:
     """Real threads for the greenlets of one gevent hub (the worker's main thread).
 
-    A call goes to the threads through a C `SimpleQueue` (its `get` blocks on a native lock, without the GIL);
-    the calling greenlet waits on a gevent `Waiter`. A thread puts the outcome on a second queue and sends the
-    hub's async watcher, thread-safe in libev and libuv; in the hub, the watcher's callback hands each outcome to
-    its waiter. Only the hub's own thread calls `apply` and `_deliver`, so `busy` needs no lock; it keeps the
-    watcher referenced while calls are out (the hub must not think it has nothing left to wait for) and says when
-    another thread is needed. A greenlet killed or timed out while waiting leaves its call to finish; the outcome
-    is then dropped (a `Waiter` whose greenlet left holds the value instead of switching)."""
+    A call is put on the backlog, a deque under a native lock that the threads take too; the calling greenlet waits
+    on a gevent `Waiter`. A thread puts the outcome on a C `SimpleQueue` and sends the hub's async watcher,
+    thread-safe in libev and libuv; in the hub, the watcher's callback hands each outcome to its waiter. Only the
+    hub's own thread calls `apply` and `_deliver`, so `busy` needs no lock; it keeps the watcher referenced while
+    calls are out (the hub must not think it has nothing left to wait for). A greenlet killed or timed out while
+    waiting leaves its call to finish; the outcome is then dropped (a `Waiter` whose greenlet left holds the value
+    instead of switching).
+
+    Which thread takes a call: one that just finished takes the next waiting call without sleeping; otherwise the
+    thread that went idle last is woken (idle threads wait on their own C `SimpleQueue`, kept as a stack, as Go's
+    scheduler keeps idle threads), or a new one starts while fewer than `max_threads` run. At most one thread is
+    on its way to the backlog at a time (`_searching`); it sends for the next only if calls still wait once it has
+    taken its own, so calls that arrive together wake threads one at a time, as many as the calls keep busy.
+
+    Why the order: when every idle thread waited on one shared queue, calls took turns among them, and a worker
+    whose pool had once grown to two threads (two models' runs at once) ran each call on the thread that another
+    call had used last. `python -m bench.handoff --model`: a 64x50 h32 run cost 7-9 % more CPU on a pool of two or
+    four threads than on one (1,515 against 1,386 us); now one thread serves calls made one at a time and the cost
+    is the same. Whole servers at 8 clients, both first serving the same mix (`python -m bench.ab --warm`), stayed
+    within the noise of each other (77.1 against 77.6 % of raw onnxruntime)."""
 
     _pools: ClassVar[dict[int, NativePool]] = {}  # by hub; a forked child starts without (its threads stayed behind)
 
@@ -65,9 +83,13 @@ class NativePool:
         self.max_threads = max_threads
         self.threads = 0
         self.busy = 0
-        self._jobs: Any = _queue.SimpleQueue()  # the C queues: gevent's monkey patching replaces queue.SimpleQueue
+        self._inbox = _queue.SimpleQueue  # the C queues: gevent's monkey patching replaces queue.SimpleQueue
         self._done: Any = _queue.SimpleQueue()
         self._empty = _queue.Empty
+        self._idle: list[Any] = []  # the inboxes of the threads waiting for a call, the last to go idle on top
+        self._backlog: deque[Job] = deque()  # calls no thread has taken yet
+        self._searching = 0  # threads sent for (woken or started) that have not taken a call yet
+        self._lock = monkey.get_original("_thread", "allocate_lock")()  # a native lock: the threads take it too
         self._start_thread = monkey.get_original("_thread", "start_new_thread")
         self._watcher = hub.loop.async_(ref=False)
         self._watcher.start(self._deliver)
@@ -78,10 +100,11 @@ class NativePool:
         if self.busy == 1:
             self._watcher.ref = True
         try:
-            if self.busy > self.threads and self.threads < self.max_threads:
-                self._start_thread(self._work, ())
-                self.threads += 1
-            self._jobs.put((fn, args, waiter))
+            with self._lock:
+                self._backlog.append((fn, args, waiter))
+                helper = self._helper()
+            if helper is not None:
+                self._send(helper)
             ok, value = waiter.get()
         finally:
             self.busy -= 1
@@ -91,17 +114,69 @@ class NativePool:
             return value
         raise value
 
+    def _helper(self) -> Any:
+        """(lock held) Who takes the waiting calls: None when none wait or a thread is already on its way to them,
+        else the idle thread that went idle last, else a new thread (`_NEW`) while there is room for one."""
+        if not self._backlog or self._searching:
+            return None
+        if self._idle:
+            helper = self._idle.pop()
+        elif self.threads < self.max_threads:
+            helper, self.threads = _NEW, self.threads + 1
+        else:
+            return None  # every thread is busy: the first to finish takes the next call
+        self._searching += 1
+        return helper
+
+    def _send(self, helper: Any) -> None:
+        """Wake the idle thread, or start the new one: RuntimeError when the process can start no thread, and the
+        waiting calls are then left to the threads that run."""
+        if helper is not _NEW:
+            helper.put(None)
+            return
+        try:
+            self._start_thread(self._work, ())
+        except RuntimeError:
+            with self._lock:
+                self._searching -= 1
+                self.threads -= 1
+            raise
+
     def _work(self) -> None:
-        take, give, wake = self._jobs.get, self._done.put, self._watcher.send
+        """Take calls until none wait, then wait to be sent for. A thread sent for takes one call and, if more wait,
+        sends for another thread before it runs its own. A thread that finishes a call takes the next waiting one,
+        or goes idle, before it delivers the outcome: by the time the caller runs again (and, say, the batcher
+        hands its next run over), this thread is idle or busy, never between, and no thread starts for nothing."""
+        inbox = self._inbox()
+        give, wake, lock, idle, backlog = self._done.put, self._watcher.send, self._lock, self._idle, self._backlog
         while True:
-            fn, args, waiter = take()
-            try:
-                outcome = (True, fn(*args))
-            except BaseException as exc:  # raised again in the calling greenlet
-                outcome = (False, exc)
-            give((waiter, outcome))
-            del fn, args, waiter, outcome  # nothing of a finished call stays alive while the thread waits
-            wake()
+            with lock:
+                self._searching -= 1
+                job = backlog.popleft() if backlog else None
+                helper = self._helper() if backlog else None
+                if job is None:
+                    idle.append(inbox)
+            if helper is not None:
+                with contextlib.suppress(RuntimeError):  # this thread takes the next call itself
+                    self._send(helper)
+            while job is not None:
+                fn, args, waiter = job
+                try:
+                    outcome = (True, fn(*args))
+                except BaseException as exc:  # raised again in the calling greenlet
+                    outcome = (False, exc)
+                with lock:
+                    job = backlog.popleft() if backlog else None
+                    helper = self._helper() if backlog else None
+                    if job is None:
+                        idle.append(inbox)
+                give((waiter, outcome))
+                del fn, args, waiter, outcome  # nothing of a finished call stays alive while the thread waits
+                wake()
+                if helper is not None:
+                    with contextlib.suppress(RuntimeError):
+                        self._send(helper)
+            inbox.get()
 
     def _deliver(self) -> None:
         take = self._done.get_nowait

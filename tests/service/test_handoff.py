@@ -69,6 +69,20 @@ SCRIPT = textwrap.dedent(
         "busy_after": pool.busy,
     }
 
+    # One call at a time goes to one thread, however many the pool has started: the one that went idle last.
+    lifo = NativePool(gevent.get_hub(), max_threads=4)
+    gevent.joinall([gevent.spawn(lifo.apply, real_sleep, 0.05) for _ in range(4)], raise_error=True)
+    served = [lifo.apply(native_id) for _ in range(20)]
+    # Calls that arrive together still run together, each on its own thread.
+    started = time.perf_counter()
+    together = gevent.joinall([gevent.spawn(lifo.apply, slow, i) for i in range(4)], raise_error=True)
+    report["idle_order"] = {
+        "started": lifo.threads,
+        "served_by": len(set(served)),
+        "together_values": sorted(g.value for g in together),
+        "together_seconds": time.perf_counter() - started,
+    }
+
     # A caller that times out leaves; its call finishes on its thread and the pool goes on serving.
     try:
         with gevent.Timeout(0.05):
@@ -122,6 +136,11 @@ def test_native_pool_under_gevent(model_repository):
     assert queued["threads"] == queued["started"] == 2, "no more threads than max_threads"
     assert queued["seconds"] >= 0.14, "6 calls of 50 ms on 2 threads take 3 rounds"
     assert queued["busy_after"] == 0
+    order = got["idle_order"]
+    assert order["started"] == 4
+    assert order["served_by"] == 1, "calls one at a time should all go to the thread that went idle last"
+    assert order["together_values"] == [0, 1, 2, 3]
+    assert order["together_seconds"] < 0.15, "4 calls of 50 ms at once on 4 threads should run side by side"
     assert got["timeout"] == [0, "still serving"]
     assert got["one_pool"] is True
     assert got["forked"] == [True, 7], "a forked child should make its own pool and get its call's value"
