@@ -10,6 +10,10 @@ benchmark's CPU budget and model repository (`make bench` builds them into bench
 seqserve's answers every cell at `/predict` (the bare endpoint). Per cell and side it prints the median over
 rounds of req/s, server CPU per request, p50 and p99, and the range of the CPU column: two full `make bench` runs
 an hour apart cannot resolve differences under ~30 % per row here; interleaved rounds resolve a few percent.
+
+`--warm CELL` (repeatable) has every side serve that cell for `--warm-seconds` before the rounds, unmeasured: a
+server that has run a while (its thread pool grown, other models run, its batcher's costs learnt), as the full
+benchmark's servers have by the time they reach a row, rather than a fresh one.
 """
 
 from __future__ import annotations
@@ -135,7 +139,7 @@ def report(cell: Cell, names: list[str], measured: dict[tuple[Cell, str], list[L
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__)
     p.add_argument("--side", type=Side.parse, action="append", required=True, help="NAME=CHECKOUT[@APP]")
     p.add_argument("--env", action="append", default=[], help="SIDE:KEY=VALUE for one side")
@@ -145,7 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--raw", action="store_true", help="add onnxruntime in-process (the limit) to the rounds")
-    a = p.parse_args(argv)
+    p.add_argument("--warm", type=Cell.parse, action="append", default=[], help="a cell every side serves first")
+    p.add_argument("--warm-seconds", type=int, default=4)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
     sides = with_env(a.side, a.env)
     by_name = {s.name: s for s in sides}
     names = [*by_name, *([RAW] if a.raw else [])]
@@ -163,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
             server.start()
         for server in servers.values():
             server.wait_ready(180)
+        for cell in a.warm:  # what the servers have served before they are measured
+            for side in sides:
+                body = bodies[cell.body, cell.scenario]
+                run_wrk(servers[side.name].base_url + cell.path(side), body, cell.concurrency, a.warm_seconds)
         for cell in a.cell:  # a warm-up per cell and side, unmeasured
             for side in sides:
                 body = bodies[cell.body, cell.scenario]

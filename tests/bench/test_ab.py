@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from bench.ab import SEQSERVE, Cell, Side, with_env
+from bench.ab import SEQSERVE, Cell, Side, parser, with_env
 from tests.conftest import REPO_ROOT
 
 
@@ -42,3 +42,13 @@ def test_env_goes_to_its_side_only():
     assert (a2.env, b2.env) == ((), (("SEQSERVE_INLINE_BELOW_MS", "5"),))
     with pytest.raises(SystemExit):
         with_env([a, b], ["c:X=1"])
+
+
+def test_warm_cells_are_read_as_cells():
+    args = parser().parse_args(
+        ["--side", f"a={REPO_ROOT}", "--cell", "h32/v2-binary/64x50/8", "--warm", "h128/v1-json/64x50/32"]
+    )
+    assert args.warm == [Cell.parse("h128/v1-json/64x50/32")]
+    assert args.warm_seconds == 4
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--side", f"a={REPO_ROOT}", "--cell", "h32/v2-binary/64x50/8", "--warm", "h128/x/1x50/1"])
