@@ -11,9 +11,10 @@ seqserve's answers every cell at `/predict` (the bare endpoint). Per cell and si
 rounds of req/s, server CPU per request, p50 and p99, and the range of the CPU column: two full `make bench` runs
 an hour apart cannot resolve differences under ~30 % per row here; interleaved rounds resolve a few percent.
 
-`--warm CELL` (repeatable) has every side serve that cell for `--warm-seconds` before the rounds, unmeasured: a
-server that has run a while (its thread pool grown, other models run, its batcher's costs learnt), as the full
-benchmark's servers have by the time they reach a row, rather than a fresh one.
+`--warm CELL` (repeatable) has every side serve these cells for `--warm-seconds` each before the rounds, unmeasured,
+one side after the other and each side's cells back to back, as one server meets them in a full run: a server that
+has run a while (its thread pool grown where one cell's model still had runs queued when the next began, other models
+run, its batcher's costs learnt), as the full benchmark's servers have by the time they reach a row.
 """
 
 from __future__ import annotations
@@ -173,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             server.start()
         for server in servers.values():
             server.wait_ready(180)
-        for cell in a.warm:  # what the servers have served before they are measured
-            for side in sides:
+        for side in sides:  # what the servers have served before they are measured, back to back as in a run
+            for cell in a.warm:
                 body = bodies[cell.body, cell.scenario]
                 run_wrk(servers[side.name].base_url + cell.path(side), body, cell.concurrency, a.warm_seconds)
         for cell in a.cell:  # a warm-up per cell and side, unmeasured
