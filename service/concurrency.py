@@ -150,34 +150,33 @@ class NativePool:
         hands its next run over), this thread is idle or busy, never between, and no thread starts for nothing."""
         inbox = self._inbox()
         give, wake, lock, idle, backlog = self._done.put, self._watcher.send, self._lock, self._idle, self._backlog
+        sent_for, finished = True, None  # a thread starts sent for (counted in `_searching`), with nothing to deliver
         while True:
             with lock:
-                self._searching -= 1
+                if sent_for:
+                    self._searching -= 1
                 job = backlog.popleft() if backlog else None
                 helper = self._helper() if backlog else None
                 if job is None:
                     idle.append(inbox)
+            if finished is not None:
+                give(finished)
+                finished = None  # nothing of a finished call stays alive while the thread waits
+                wake()
             if helper is not None:
                 with contextlib.suppress(RuntimeError):  # this thread takes the next call itself
                     self._send(helper)
-            while job is not None:
-                fn, args, waiter = job
-                try:
-                    outcome = (True, fn(*args))
-                except BaseException as exc:  # raised again in the calling greenlet
-                    outcome = (False, exc)
-                with lock:
-                    job = backlog.popleft() if backlog else None
-                    helper = self._helper() if backlog else None
-                    if job is None:
-                        idle.append(inbox)
-                give((waiter, outcome))
-                del fn, args, waiter, outcome  # nothing of a finished call stays alive while the thread waits
-                wake()
-                if helper is not None:
-                    with contextlib.suppress(RuntimeError):
-                        self._send(helper)
-            inbox.get()
+            if job is None:
+                inbox.get()
+                sent_for = True
+                continue
+            fn, args, waiter = job
+            try:
+                finished = (waiter, (True, fn(*args)))
+            except BaseException as exc:  # raised again in the calling greenlet
+                finished = (waiter, (False, exc))
+            del fn, args, waiter, job
+            sent_for = False
 
     def _deliver(self) -> None:
         take = self._done.get_nowait
